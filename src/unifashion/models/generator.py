@@ -1,0 +1,544 @@
+"""Image generation branch: image task-specific adapter + latent-diffusion UNet + frozen VAE + scheduler.
+
+The Q-Former query outputs Z (B, Q, H_q) of the multimodal encoder are mapped by a linear image
+task-specific adapter (TSA) to the UNet's cross-attention width and used as the cross-attention
+condition of a Stable-Diffusion UNet (UniFashion eq. 7 / eq. 12). Three variants share this one class
+and differ only in which spatial conditions are concatenated to the noisy latent at the UNet input:
+
+| variant | UNet input channels (in this order)                                               | total |
+|---------|-----------------------------------------------------------------------------------|-------|
+| plain   | noisy latent (4)                                                                  | 4     |
+| tryon   | noisy latent (4), inpaint mask (1), masked-person latent (4)                      | 9     |
+| design  | noisy latent (4), inpaint mask (1), masked-person latent (4), pose (18), sketch (1) | 28  |
+
+The order is the one of SD-inpainting and MGD. A UNet loaded with fewer input channels is widened
+with ZERO-initialised weights for the new channels, so the widened model reproduces the pretrained
+output whatever the new inputs are.
+
+Spatial conditions (dict keys of `conditions`):
+    person        float (B, 3, H, W) in [-1, 1], the person image (its masked region is discarded);
+                  defaults to the target `images` in `denoise_loss`.
+    inpaint_mask  float (B, 1, H, W), 1 where the garment is to be generated, 0 elsewhere.
+    pose_map      float (B, 18, H, W), COCO-18 keypoint heatmaps (design only).
+    sketch        float (B, 1, H, W), the garment sketch (design only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    PNDMScheduler,
+    UNet2DConditionModel,
+)
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from unifashion.losses.denoising import PREDICTION_TYPES, denoising_loss
+
+VARIANT_EXTRA_CHANNELS = {"plain": 0, "tryon": 1 + 4, "design": 1 + 4 + 18 + 1}
+"""Channels concatenated to the noisy latent per variant (mask, masked-person latent, pose, sketch)."""
+NUM_POSE_MAPS = 18
+SAMPLERS = ("pndm", "dpmsolver++", "ddim")
+_CONFIG_FILE = "generator_config.json"
+_WEIGHTS_FILE = "generator_adapter.safetensors"
+
+
+@dataclass
+class GeneratorConfig:
+    """Configuration of the image generation branch."""
+
+    pretrained: str | None = None
+    """A diffusers directory or hub id with `unet/`, `vae/` and `scheduler/` subfolders (paper: Stable
+    Diffusion v1.4). None builds a randomly initialised model from the tiny fields below."""
+    unet: str | None = None
+    """Optional separate UNet (e.g. Paint-by-Example): a directory with the UNet's `config.json` or a
+    diffusers directory with a `unet/` subfolder. Overrides the UNet of `pretrained`."""
+    vae: str | None = None
+    """Optional separately fine-tuned VAE (e.g. on VITON-HD), same rules as `unet`."""
+    variant: Literal["plain", "tryon", "design"] = "plain"
+    """plain: queries -> image; tryon: + masked person + inpaint mask (9 ch); design: + pose + sketch (28 ch)."""
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    """What the UNet predicts; overrides the prediction type of the loaded scheduler."""
+    cond_dropout: float = 0.1
+    """Probability of replacing an item's condition by the learned null condition during training
+    (classifier-free guidance)."""
+    num_queries: int = 32
+    """Number of Q-Former queries Q (length of the learned null condition)."""
+    controlnet_copy: bool = False
+    """Trainable copy of the UNet encoder joined by zero cross-attention (paper Figure 3). Not implemented."""
+    gradient_checkpointing: bool = False
+    """Enable gradient checkpointing in the UNet."""
+    height: int = 512
+    """Generated image height in pixels (paper: 512)."""
+    width: int = 384
+    """Generated image width in pixels (paper: 384)."""
+    guidance_scale: float = 7.5
+    """Default classifier-free guidance scale of `sample` (MGD: 7.5); <= 1 disables guidance."""
+    # Tiny/from-config fields (used only when `pretrained`/`unet`/`vae` are None).
+    sample_size: int = 8
+    """UNet latent sample size (config only)."""
+    block_out_channels: tuple[int, ...] = (32, 64)
+    """UNet block widths; SD-1.4: (320, 640, 1280, 1280). All but the last block have cross-attention."""
+    layers_per_block: int = 1
+    """UNet resnet layers per block (SD-1.4: 2)."""
+    cross_attention_dim: int = 32
+    """UNet cross-attention width (SD-1.4: 768); the adapter maps queries to it."""
+    attention_head_dim: int = 8
+    """UNet attention heads (diffusers' historical name; SD-1.4: 8)."""
+    latent_channels: int = 4
+    """VAE latent channels (SD: 4)."""
+    vae_block_out_channels: tuple[int, ...] = (32, 64)
+    """VAE block widths (SD: (128, 256, 512, 512)); downsampling factor 2 ** (len - 1)."""
+    vae_layers_per_block: int = 1
+    """VAE resnet layers per block (SD: 2)."""
+    norm_num_groups: int = 32
+    """Group-norm groups of UNet and VAE (SD: 32)."""
+    num_train_timesteps: int = 1000
+    """Diffusion steps of the training scheduler built from config (SD: 1000, scaled-linear betas)."""
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(self.block_out_channels)
+        self.vae_block_out_channels = tuple(self.vae_block_out_channels)
+        if self.variant not in VARIANT_EXTRA_CHANNELS:
+            raise ValueError(f"variant must be one of {tuple(VARIANT_EXTRA_CHANNELS)}, got {self.variant!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.controlnet_copy:
+            raise ValueError("controlnet_copy=True (Figure 3's trainable UNet-encoder copy) is not implemented yet.")
+        if self.num_queries < 1:
+            raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
+
+
+def _resolve_component(path: str, subfolder: str, config_name: str = "config.json") -> tuple[str, str | None]:
+    """Find a diffusers component either at `path/subfolder` or directly at `path`.
+
+    Returns `(path, subfolder or None)`. Hub ids ("org/name") are passed through with the subfolder.
+
+    Raises:
+        FileNotFoundError: for a local-looking path that does not exist or holds no `config.json`.
+    """
+    p = Path(path).expanduser()
+    looks_local = p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1 or p.exists()
+    if not looks_local:
+        return path, subfolder  # hub id; the library resolves it (offline: from its cache)
+    if (p / subfolder / config_name).is_file():
+        return str(p), subfolder
+    if (p / config_name).is_file():
+        return str(p), None
+    raise FileNotFoundError(
+        f"No diffusers {subfolder} at {p}: expected {p / subfolder / config_name} (a diffusers pipeline "
+        f"directory) or {p / config_name} (a {subfolder} directory)."
+    )
+
+
+def _tiny_unet(config: GeneratorConfig, in_channels: int) -> UNet2DConditionModel:
+    n = len(config.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=config.sample_size,
+        in_channels=in_channels,
+        out_channels=config.latent_channels,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        cross_attention_dim=config.cross_attention_dim,
+        attention_head_dim=config.attention_head_dim,
+        norm_num_groups=config.norm_num_groups,
+    )
+
+
+def _tiny_vae(config: GeneratorConfig) -> AutoencoderKL:
+    n = len(config.vae_block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=config.vae_block_out_channels,
+        layers_per_block=config.vae_layers_per_block,
+        latent_channels=config.latent_channels,
+        norm_num_groups=config.norm_num_groups,
+        sample_size=config.sample_size * 2 ** (n - 1),
+    )
+
+
+def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditionModel:
+    """Widen the UNet's first convolution to `in_channels`, zero-initialising the new input channels.
+
+    The old channels keep their weights, so for any values of the new inputs the widened UNet gives the
+    same output as before (StableVITON / MGD practice). The UNet config's `in_channels` is updated so that
+    `save_pretrained` / `from_pretrained` round-trip the widened model.
+
+    Raises:
+        ValueError: if `in_channels` is smaller than the current number of input channels.
+    """
+    old = unet.conv_in
+    if in_channels == old.in_channels:
+        return unet
+    if in_channels < old.in_channels:
+        raise ValueError(f"Cannot narrow the UNet input from {old.in_channels} to {in_channels} channels.")
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+class Generator(nn.Module):
+    """Queries -> image: image TSA + UNet2DConditionModel + frozen AutoencoderKL + DDPM training scheduler.
+
+    Args:
+        config: the generator configuration.
+        query_dim: width H_q of the Q-Former query outputs.
+    """
+
+    def __init__(self, config: GeneratorConfig, query_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.query_dim = query_dim
+        latent_in = config.latent_channels
+        extra = VARIANT_EXTRA_CHANNELS[config.variant]
+
+        unet_src = config.unet or config.pretrained
+        if unet_src is not None:
+            path, sub = _resolve_component(unet_src, "unet")
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder=sub)
+            latent_in = unet.config.out_channels
+        else:
+            unet = _tiny_unet(config, latent_in)
+        self.unet = widen_conv_in(unet, latent_in + extra)
+
+        vae_src = config.vae or config.pretrained
+        if vae_src is not None:
+            path, sub = _resolve_component(vae_src, "vae")
+            self.vae = AutoencoderKL.from_pretrained(path, subfolder=sub)
+        else:
+            self.vae = _tiny_vae(config)
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+        if self.vae.config.latent_channels != latent_in:
+            raise ValueError(
+                f"VAE latent channels {self.vae.config.latent_channels} != UNet output channels {latent_in}"
+            )
+
+        if config.pretrained is not None:
+            path, sub = _resolve_component(config.pretrained, "scheduler", "scheduler_config.json")
+            self.scheduler = DDPMScheduler.from_pretrained(path, subfolder=sub,
+                                                           prediction_type=config.prediction_type)
+        else:
+            self.scheduler = DDPMScheduler(
+                num_train_timesteps=config.num_train_timesteps,
+                beta_schedule="scaled_linear",
+                beta_start=0.00085,
+                beta_end=0.012,
+                clip_sample=False,
+                steps_offset=1,
+                prediction_type=config.prediction_type,
+            )
+        if self.scheduler.config.prediction_type != config.prediction_type:
+            self.scheduler.register_to_config(prediction_type=config.prediction_type)
+
+        cross_dim = self.unet.config.cross_attention_dim
+        self.image_adapter = nn.Linear(query_dim, cross_dim)  # image TSA: (B, Q, H_q) -> (B, Q, D)
+        nn.init.normal_(self.image_adapter.weight, std=query_dim**-0.5)
+        nn.init.zeros_(self.image_adapter.bias)
+        # learned null condition for classifier-free guidance, in the cross-attention space
+        self.null_condition = nn.Parameter(torch.randn(config.num_queries, cross_dim) * 0.02)  # (Q, D)
+        if config.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell (SD: 8)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    def train(self, mode: bool = True) -> Generator:
+        super().train(mode)
+        self.vae.eval()  # frozen: never in training mode
+        return self
+
+    def trainable_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups for the freeze policy.
+
+        Returns:
+            "image_adapter": the TSA and the learned null condition; "unet_input": the UNet's first conv
+            (the widened one); "unet": every other UNet parameter. The VAE is always frozen.
+        """
+        conv_in = {id(p) for p in self.unet.conv_in.parameters()}
+        return {
+            "image_adapter": [*self.image_adapter.parameters(), self.null_condition],
+            "unet_input": list(self.unet.conv_in.parameters()),
+            "unet": [p for p in self.unet.parameters() if id(p) not in conv_in],
+        }
+
+    def encode_condition(self, query_output: Tensor) -> Tensor:
+        """Image TSA: query outputs (B, Q, H_q) -> cross-attention condition (B, Q, D)."""
+        if query_output.dim() != 3 or query_output.shape[-1] != self.query_dim:
+            raise ValueError(f"query_output must be (B, Q, {self.query_dim}), got {tuple(query_output.shape)}")
+        if query_output.shape[1] != self.config.num_queries:
+            raise ValueError(
+                f"query_output has {query_output.shape[1]} queries but the null condition was built for "
+                f"num_queries={self.config.num_queries}"
+            )
+        return self.image_adapter(query_output.to(self.image_adapter.weight.dtype))  # (B, Q, D)
+
+    def null_condition_batch(self, batch_size: int) -> Tensor:
+        """The learned null condition repeated for a batch, (B, Q, D)."""
+        return self.null_condition.unsqueeze(0).expand(batch_size, -1, -1)
+
+    def apply_condition_dropout(
+        self, cond: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Replace each item's condition by the null condition with probability `cond_dropout`.
+
+        Returns:
+            (condition (B, Q, D), dropped bool (B,)).
+        """
+        b = cond.shape[0]
+        u = torch.rand(b, generator=generator, device="cpu" if generator is None else generator.device)
+        dropped = (u < self.config.cond_dropout).to(cond.device)  # (B,)
+        cond = torch.where(dropped[:, None, None], self.null_condition_batch(b).to(cond.dtype), cond)
+        return cond, dropped
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor, sample: bool = True) -> Tensor:
+        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents (B, C, H/f, W/f)."""
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        latents = dist.sample() if sample else dist.mode()
+        return latents * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Scaled latents (B, C, h, w) -> images in [0, 1] (B, 3, h*f, w*f)."""
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def spatial_conditions(self, conditions: dict | None, latent_hw: tuple[int, int],
+                           default_person: Tensor | None = None) -> Tensor | None:
+        """Build the extra UNet input channels of the try-on / design variants.
+
+        Args:
+            conditions: dict with "person" (optional if `default_person`), "inpaint_mask", and for design
+                "pose_map" and "sketch" (see the module docstring).
+            latent_hw: the latent (h, w) to resize the maps to.
+            default_person: person image used when `conditions` has no "person" (training: the target).
+
+        Returns:
+            float (B, extra, h, w) or None for the plain variant.
+        """
+        variant = self.config.variant
+        if variant == "plain":
+            return None
+        if conditions is None:
+            raise ValueError(f"variant {variant!r} needs conditions with 'inpaint_mask' and a person image")
+        needed = ["inpaint_mask"] + (["pose_map", "sketch"] if variant == "design" else [])
+        missing = [k for k in needed if k not in conditions]
+        if missing:
+            raise ValueError(f"variant {variant!r}: conditions lack {missing}; got keys {sorted(conditions)}")
+        person = conditions.get("person", default_person)
+        if person is None:
+            raise ValueError(f"variant {variant!r}: conditions lack 'person' (the person image in [-1, 1])")
+        dtype = self.unet.dtype
+        mask = conditions["inpaint_mask"].to(person.device, person.dtype)  # (B, 1, H, W)
+        if mask.dim() != 4 or mask.shape[1] != 1:
+            raise ValueError(f"inpaint_mask must be (B, 1, H, W), got {tuple(mask.shape)}")
+        masked_person = person * (mask < 0.5)  # (B, 3, H, W), garment region blanked
+        masked_latent = self.encode_images(masked_person, sample=False)  # (B, 4, h, w)
+        parts = [F.interpolate(mask, size=latent_hw), masked_latent]
+        if variant == "design":
+            pose = conditions["pose_map"].to(person.device, person.dtype)
+            sketch = conditions["sketch"].to(person.device, person.dtype)
+            if pose.shape[1] != NUM_POSE_MAPS or sketch.shape[1] != 1:
+                raise ValueError(f"pose_map must be (B, 18, H, W) and sketch (B, 1, H, W); got "
+                                 f"{tuple(pose.shape)} and {tuple(sketch.shape)}")
+            parts += [F.interpolate(pose, size=latent_hw, mode="bilinear", align_corners=False),
+                      F.interpolate(sketch, size=latent_hw, mode="bilinear", align_corners=False)]
+        return torch.cat([p.to(dtype) for p in parts], dim=1)  # (B, extra, h, w)
+
+    def unet_forward(self, latents: Tensor, timesteps: Tensor | int, cond: Tensor,
+                     extra: Tensor | None) -> Tensor:
+        """One UNet call on [latents, extra] with cross-attention condition `cond` (B, Q, D)."""
+        x = latents if extra is None else torch.cat([latents, extra.to(latents.dtype)], dim=1)  # (B, C_in, h, w)
+        return self.unet(x, timesteps, encoder_hidden_states=cond.to(self.unet.dtype)).sample
+
+    # ------------------------------------------------------------------ training
+    def denoise_loss(
+        self,
+        query_output: Tensor,
+        images: Tensor,
+        conditions: dict | None = None,
+        noise: Tensor | None = None,
+        timesteps: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Denoising loss of eq. 7 (phase 1) / eq. 12 (phase 2, try-on, design).
+
+        Args:
+            query_output: Q-Former query outputs, float (B, Q, H_q).
+            images: target images in [-1, 1], float (B, 3, H, W).
+            conditions: spatial conditions for the try-on / design variants (module docstring).
+            noise: optional fixed noise (B, C, h, w) (default: standard normal).
+            timesteps: optional fixed timesteps long (B,) (default: uniform over the training steps).
+
+        Returns:
+            {"denoise": scalar}.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+        b = images.shape[0]
+        if query_output.shape[0] != b:
+            raise ValueError(f"query_output batch {query_output.shape[0]} != images batch {b}")
+        latents = self.encode_images(images).to(self.unet.dtype)  # (B, C, h, w)
+        if noise is None:
+            noise = torch.randn_like(latents)
+        if timesteps is None:
+            timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), device=latents.device)
+        timesteps = timesteps.long().to(latents.device)
+        noisy = self.scheduler.add_noise(latents, noise.to(latents), timesteps)  # (B, C, h, w)
+        cond = self.encode_condition(query_output)  # (B, Q, D)
+        if self.training and self.config.cond_dropout > 0:
+            cond, _ = self.apply_condition_dropout(cond)
+        extra = self.spatial_conditions(conditions, tuple(latents.shape[-2:]), default_person=images)
+        pred = self.unet_forward(noisy, timesteps, cond, extra)  # (B, C, h, w)
+        return denoising_loss(pred, latents, noise.to(latents), timesteps, self.scheduler)
+
+    # ------------------------------------------------------------------ sampling
+    def make_sampler(self, sampler: Literal["pndm", "dpmsolver++", "ddim"]):
+        """An inference scheduler built from the training scheduler's config.
+
+        "pndm": PLMS (PNDM without Runge-Kutta warm-up, as in SD / the paper); "dpmsolver++":
+        `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++")`; "ddim": DDIM (eta 0, MGD).
+        """
+        # Every training-scheduler field is passed explicitly (diffusers would otherwise let a freshly built
+        # scheduler's defaulted fields, e.g. timestep_spacing, fall back to the sampler's own defaults, so a
+        # saved-and-reloaded model would sample differently from the original).
+        cfg = {k: v for k, v in self.scheduler.config.items() if k != "_use_default_values"}
+        if sampler == "pndm":
+            return PNDMScheduler.from_config(cfg, skip_prk_steps=True)
+        if sampler == "dpmsolver++":
+            return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2)
+        if sampler == "ddim":
+            # SD's scheduler config says set_alpha_to_one=False; DDPM's own config lacks the key
+            return DDIMScheduler.from_config(cfg, set_alpha_to_one=cfg.get("set_alpha_to_one", False))
+        raise ValueError(f"Unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+
+    @torch.no_grad()
+    def sample(
+        self,
+        query_output: Tensor,
+        conditions: dict | None = None,
+        sampler: Literal["pndm", "dpmsolver++", "ddim"] = "pndm",
+        steps: int = 50,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        latents: Tensor | None = None,
+    ) -> Tensor:
+        """Generate images from query outputs with classifier-free guidance on the learned null condition.
+
+        Args:
+            query_output: float (B, Q, H_q).
+            conditions: spatial conditions for try-on / design ("person" required here).
+            sampler: "pndm" (PLMS, paper: 50 steps), "dpmsolver++" (20 steps suffice) or "ddim".
+            steps: number of inference steps.
+            guidance_scale: CFG scale (default `config.guidance_scale`); <= 1 runs the conditional model only.
+            generator: seeds the initial noise (drawn on the generator's device, then moved).
+            height, width: output size in pixels (default: config); multiples of the latent downsampling.
+            latents: optional initial noise (B, C, h, w), overriding the generator.
+
+        Returns:
+            images in [0, 1], float (B, 3, H, W).
+        """
+        height = height or self.config.height
+        width = width or self.config.width
+        f = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if height % f or width % f:
+            raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
+        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        device, dtype = self.unet.device, self.unet.dtype
+        b = query_output.shape[0]
+        hw = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        scheduler = self.make_sampler(sampler)
+        scheduler.set_timesteps(steps, device=device)
+        if latents is None:
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            latents = torch.randn((b, self.latent_channels, *hw), generator=generator, device=gen_device)
+        latents = latents.to(device, torch.float32) * scheduler.init_noise_sigma  # (B, C, h, w)
+
+        cond = self.encode_condition(query_output.to(device))  # (B, Q, D)
+        use_cfg = guidance_scale > 1.0
+        extra = self.spatial_conditions(conditions, hw)
+        if use_cfg:
+            cond = torch.cat([self.null_condition_batch(b).to(cond.dtype), cond])  # (2B, Q, D)
+            extra = None if extra is None else torch.cat([extra, extra])
+        for t in scheduler.timesteps:
+            x = torch.cat([latents, latents]) if use_cfg else latents
+            x = scheduler.scale_model_input(x, t)
+            pred = self.unet_forward(x.to(dtype), t, cond, extra).float()  # ((2)B, C, h, w)
+            if use_cfg:
+                uncond, condp = pred.chunk(2)
+                pred = uncond + guidance_scale * (condp - uncond)
+            latents = scheduler.step(pred, t, latents).prev_sample
+        return self.decode_latents(latents)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Save unet/, vae/, scheduler/ (diffusers format), the adapter weights and the config."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(d / "unet")
+        self.vae.save_pretrained(d / "vae")
+        self.scheduler.save_pretrained(d / "scheduler")
+        state = {f"image_adapter.{k}": v for k, v in self.image_adapter.state_dict().items()}
+        state["null_condition"] = self.null_condition.data
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(d / _WEIGHTS_FILE))
+        cfg = asdict(self.config)
+        cfg.update(pretrained=None, unet=None, vae=None)
+        (d / _CONFIG_FILE).write_text(json.dumps({"query_dim": self.query_dim, "config": cfg}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides) -> Generator:
+        """Load a generator saved by `save_pretrained` (same construction path as a diffusers directory).
+
+        Args:
+            directory: the saved directory.
+            **overrides: GeneratorConfig fields to change (e.g. cond_dropout).
+        """
+        d = Path(directory)
+        cfg_file = d / _CONFIG_FILE
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"No {_CONFIG_FILE} in {d}: expected a directory written by "
+                                    "Generator.save_pretrained")
+        meta = json.loads(cfg_file.read_text())
+        cfg = {**meta["config"], **overrides, "pretrained": str(d)}
+        model = cls(GeneratorConfig(**cfg), query_dim=meta["query_dim"])
+        weights = d / _WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"Missing adapter weights {weights}")
+        state = load_file(str(weights))
+        model.null_condition.data.copy_(state.pop("null_condition"))
+        model.image_adapter.load_state_dict({k.removeprefix("image_adapter."): v for k, v in state.items()})
+        return model
+

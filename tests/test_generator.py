@@ -1,0 +1,229 @@
+"""Tests of the image generation branch (tiny UNet/VAE built from config; no download)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, PNDMScheduler
+
+from unifashion.losses.denoising import denoising_loss, denoising_target
+from unifashion.models.generator import Generator, GeneratorConfig, widen_conv_in
+
+Q, HQ, S = 4, 12, 16  # queries, query width, image size (latents 8x8 with the tiny 2x VAE)
+
+
+def tiny(**kw) -> GeneratorConfig:
+    return GeneratorConfig(num_queries=Q, height=S, width=S, **kw)
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory):
+    """A tiny plain generator saved in the diffusers layout (unet/, vae/, scheduler/)."""
+    torch.manual_seed(0)
+    gen = Generator(tiny(), query_dim=HQ)
+    d = tmp_path_factory.mktemp("plain")
+    gen.save_pretrained(d)
+    return d
+
+
+def _conditions(b: int, design: bool, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    c = {"person": torch.rand(b, 3, S, S, generator=g) * 2 - 1,
+         "inpaint_mask": (torch.rand(b, 1, S, S, generator=g) > 0.5).float()}
+    if design:
+        c["pose_map"] = torch.rand(b, 18, S, S, generator=g)
+        c["sketch"] = torch.rand(b, 1, S, S, generator=g)
+    return c
+
+
+def _hand_alphas_cumprod(t_max: int = 1000, b0: float = 0.00085, b1: float = 0.012) -> torch.Tensor:
+    betas = torch.linspace(b0**0.5, b1**0.5, t_max, dtype=torch.float64) ** 2  # SD's scaled-linear
+    return torch.cumprod(1 - betas, 0)
+
+
+def test_zero_init_widening_reproduces_unwidened_output():
+    torch.manual_seed(0)
+    unet = Generator(tiny(), query_dim=HQ).unet.eval()
+    wide = widen_conv_in(copy.deepcopy(unet), 28)
+    assert wide.config.in_channels == 28 and wide.conv_in.weight.shape[1] == 28
+    assert torch.equal(wide.conv_in.weight[:, 4:], torch.zeros_like(wide.conv_in.weight[:, 4:]))
+    x = torch.randn(2, 4, 8, 8)
+    ctx = torch.randn(2, Q, 32)
+    with torch.no_grad():
+        ref = unet(x, 10, encoder_hidden_states=ctx).sample
+        for seed in (1, 2):
+            extra = torch.randn(2, 24, 8, 8, generator=torch.Generator().manual_seed(seed)) * 5
+            out = wide(torch.cat([x, extra], 1), 10, encoder_hidden_states=ctx).sample
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="narrow"):
+        widen_conv_in(wide, 4)
+
+
+@pytest.mark.parametrize("variant,channels", [("tryon", 9), ("design", 28)])
+def test_variant_widens_pretrained_unet_from_directory(plain_dir, variant, channels):
+    plain = Generator.from_pretrained(plain_dir).eval()
+    wide = Generator(tiny(pretrained=str(plain_dir), variant=variant), query_dim=HQ).eval()
+    assert plain.unet.config.in_channels == 4 and wide.unet.config.in_channels == channels
+    x, ctx = torch.randn(1, 4, 8, 8), torch.randn(1, Q, 32)
+    extra = torch.rand(1, channels - 4, 8, 8)
+    with torch.no_grad():
+        ref = plain.unet(x, 500, encoder_hidden_states=ctx).sample
+        out = wide.unet(torch.cat([x, extra], 1), 500, encoder_hidden_states=ctx).sample
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    # the conditions reach the UNet: a different mask changes the loss
+    q, img = torch.randn(1, Q, HQ), torch.rand(1, 3, S, S) * 2 - 1
+    cond = _conditions(1, variant == "design")
+    with torch.no_grad():
+        wide.unet.conv_in.weight.normal_()  # make the new channels matter
+        l1 = wide.denoise_loss(q, img, cond, noise=torch.ones(1, 4, 8, 8), timesteps=torch.tensor([300]))
+        cond["inpaint_mask"] = 1 - cond["inpaint_mask"]
+        l2 = wide.denoise_loss(q, img, cond, noise=torch.ones(1, 4, 8, 8), timesteps=torch.tensor([300]))
+    assert not torch.isclose(l1["denoise"], l2["denoise"])
+
+
+def test_missing_conditions_and_paths_raise(tmp_path):
+    gen = Generator(tiny(variant="design"), query_dim=HQ)
+    cond = _conditions(1, design=False)
+    with pytest.raises(ValueError, match="pose_map"):
+        gen.denoise_loss(torch.randn(1, Q, HQ), torch.rand(1, 3, S, S), cond)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        Generator(tiny(pretrained=str(tmp_path / "nowhere")), query_dim=HQ)
+    with pytest.raises(ValueError, match="prediction_type"):
+        GeneratorConfig(prediction_type="sample")
+    with pytest.raises(ValueError, match="queries"):
+        gen.encode_condition(torch.randn(1, Q + 1, HQ))
+
+
+def test_loss_target_epsilon_and_v_against_hand_computed():
+    acp = _hand_alphas_cumprod()
+    lat, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([0, 499, 999])
+    eps_gen = Generator(tiny(prediction_type="epsilon"), query_dim=HQ)
+    assert torch.equal(denoising_target(eps_gen.scheduler, lat, noise, t), noise)
+    v_gen = Generator(tiny(prediction_type="v_prediction"), query_dim=HQ)
+    a = acp[t].float().view(-1, 1, 1, 1)
+    v_hand = a.sqrt() * noise - (1 - a).sqrt() * lat
+    torch.testing.assert_close(denoising_target(v_gen.scheduler, lat, noise, t), v_hand, rtol=1e-5, atol=1e-5)
+    pred = torch.randn_like(lat)
+    loss = denoising_loss(pred, lat, noise, t, v_gen.scheduler)
+    torch.testing.assert_close(loss["denoise"], ((pred - v_hand) ** 2).mean(), rtol=1e-5, atol=1e-6)
+    sched = copy.deepcopy(v_gen.scheduler)
+    sched.register_to_config(prediction_type="sample")
+    with pytest.raises(ValueError, match="sample"):
+        denoising_target(sched, lat, noise, t)
+
+
+def test_denoise_loss_matches_manual_forward():
+    torch.manual_seed(0)
+    gen = Generator(tiny(prediction_type="v_prediction"), query_dim=HQ).eval()
+    q, img = torch.randn(2, Q, HQ), torch.rand(2, 3, S, S) * 2 - 1
+    noise, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    torch.manual_seed(5)
+    loss = gen.denoise_loss(q, img, noise=noise, timesteps=t)["denoise"]
+    torch.manual_seed(5)  # same VAE posterior sample
+    with torch.no_grad():
+        lat = gen.vae.encode(img).latent_dist.sample() * gen.vae.config.scaling_factor
+        a = _hand_alphas_cumprod()[t].float().view(-1, 1, 1, 1)
+        noisy = a.sqrt() * lat + (1 - a).sqrt() * noise  # forward diffusion q(z_t | z_0)
+        pred = gen.unet(noisy, t, encoder_hidden_states=gen.image_adapter(q)).sample
+        ref = ((pred - (a.sqrt() * noise - (1 - a).sqrt() * lat)) ** 2).mean()
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,steps,cls", [("pndm", 6, PNDMScheduler),
+                                                ("dpmsolver++", 4, DPMSolverMultistepScheduler),
+                                                ("ddim", 4, None)])
+def test_samplers_shape_and_seed_determinism(sampler, steps, cls):
+    torch.manual_seed(0)
+    gen = Generator(tiny(variant="tryon"), query_dim=HQ).eval()
+    q, cond = torch.randn(3, Q, HQ), _conditions(3, design=False)
+    sch = gen.make_sampler(sampler)
+    if cls is PNDMScheduler:
+        assert sch.config.skip_prk_steps
+    if cls is DPMSolverMultistepScheduler:
+        assert sch.config.algorithm_type == "dpmsolver++"
+
+    def run(seed):
+        return gen.sample(q, cond, sampler=sampler, steps=steps, guidance_scale=3.0,
+                          generator=torch.Generator().manual_seed(seed), height=S, width=S)
+
+    a, b, c = run(1), run(1), run(2)
+    assert a.shape == (3, 3, S, S) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_guidance_uses_learned_null_condition():
+    torch.manual_seed(0)
+    gen = Generator(tiny(), query_dim=HQ).eval()
+    q, lat = torch.randn(1, Q, HQ), torch.randn(1, 4, 8, 8)
+    kw = dict(sampler="ddim", steps=2, latents=lat, height=S, width=S)
+    base = gen.sample(q, guidance_scale=4.0, **kw)
+    assert torch.equal(base, gen.sample(q, guidance_scale=4.0, **kw))
+    no_cfg = gen.sample(q, guidance_scale=1.0, **kw)
+    with torch.no_grad():
+        gen.null_condition.add_(1.0)
+    assert torch.equal(no_cfg, gen.sample(q, guidance_scale=1.0, **kw))  # null unused without CFG
+    assert not torch.equal(base, gen.sample(q, guidance_scale=4.0, **kw))  # ... and used with it
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    gen = Generator(tiny(variant="design", prediction_type="v_prediction"), query_dim=HQ).eval()
+    with torch.no_grad():
+        gen.unet.conv_in.weight.normal_()
+    gen.save_pretrained(tmp_path)
+    back = Generator.from_pretrained(tmp_path).eval()
+    assert back.config.variant == "design" and back.unet.config.in_channels == 28
+    assert back.scheduler.config.prediction_type == "v_prediction"
+    sd_a, sd_b = gen.state_dict(), back.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    q, cond = torch.randn(2, Q, HQ), _conditions(2, design=True)
+    kw = dict(sampler="dpmsolver++", steps=3, height=S, width=S)
+    torch.testing.assert_close(gen.sample(q, cond, generator=torch.Generator().manual_seed(3), **kw),
+                               back.sample(q, cond, generator=torch.Generator().manual_seed(3), **kw))
+
+
+def test_null_condition_dropout_rate():
+    gen = Generator(tiny(cond_dropout=0.25), query_dim=HQ)
+    n = 4000
+    cond = torch.randn(n, Q, 32)
+    out, dropped = gen.apply_condition_dropout(cond, generator=torch.Generator().manual_seed(0))
+    rate = dropped.float().mean().item()
+    assert abs(rate - 0.25) < 4 * (0.25 * 0.75 / n) ** 0.5  # 4 binomial standard deviations
+    assert torch.equal(out[dropped], gen.null_condition.detach().expand(int(dropped.sum()), -1, -1))
+    assert torch.equal(out[~dropped], cond[~dropped])
+
+
+def test_parameter_groups_partition_unet_and_freeze_vae():
+    gen = Generator(tiny(variant="tryon"), query_dim=HQ)
+    groups = gen.trainable_parameter_groups()
+    assert set(groups) == {"image_adapter", "unet", "unet_input"}
+    ids = {name: {id(p) for p in ps} for name, ps in groups.items()}
+    assert ids["unet"].isdisjoint(ids["unet_input"])
+    assert ids["unet"] | ids["unet_input"] == {id(p) for p in gen.unet.parameters()}
+    assert id(gen.null_condition) in ids["image_adapter"]
+    assert not any(p.requires_grad for p in gen.vae.parameters())
+    gen.train()
+    assert not gen.vae.training and gen.unet.training
+
+
+def test_tiny_overfit_one_image():
+    torch.manual_seed(0)
+    gen = Generator(tiny(cond_dropout=0.0), query_dim=HQ).train()
+    q, img = torch.randn(1, Q, HQ), torch.rand(1, 3, S, S) * 2 - 1
+    params = [p for ps in gen.trainable_parameter_groups().values() for p in ps]
+    opt = torch.optim.Adam(params, lr=2e-3)
+    noise = torch.randn(4, 4, 8, 8)
+    t = torch.tensor([50, 300, 600, 900])
+    losses = []
+    for _ in range(25):
+        loss = gen.denoise_loss(q.expand(4, -1, -1), img.expand(4, -1, -1, -1), noise=noise, timesteps=t)["denoise"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
