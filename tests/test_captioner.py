@@ -291,3 +291,46 @@ def test_tiny_overfit_reduces_itg(tmp_path):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.4 * losses[0]  # about 6.2 -> 1.3 in 20 steps
+
+
+def test_works_with_project_bpe_tokenizer(tmp_path):
+    tokenizers = pytest.importorskip("unifashion.models.tokenizers")
+    tok = tokenizers.train_bpe_tokenizer(_all_prompt_texts() + CAPTIONS, tmp_path / "tok", vocab_size=320)
+    torch.manual_seed(0)
+    model = Captioner(_config(str(tmp_path / "tok"), max_caption_tokens=64), query_dim=H_Q, num_queries=Q).eval()
+    inputs = model.prepare(CAPTIONS, ["fashiongen", "fashioniq"], train=True)
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    assert inputs.input_ids[:, 0].tolist() == [bos, bos] and int((inputs.input_ids == bos).sum()) == 2
+    for i, cap in enumerate(CAPTIONS):  # the answer decodes back to the caption, then </s>
+        answer = inputs.labels[i][inputs.labels[i] != IGNORE_INDEX].tolist()
+        assert answer[-1] == eos and tok.decode(answer[:-1]).strip() == cap
+    ids = model.generate_ids(torch.randn(2, Q, H_Q), ["fashiongen", "fashioniq"], max_new_tokens=5)
+    assert ids.dtype == torch.long and ids.shape[0] == 2 and ids.shape[1] <= 5
+
+
+def test_long_answers_are_cut_to_max_caption_tokens(tmp_path):
+    path, vocab = _word_tokenizer(tmp_path)
+    model = Captioner(_config(path, max_caption_tokens=3), query_dim=H_Q, num_queries=Q)
+    inputs = model.prepare([CAPTIONS[0], "blue dress"], ["fashion200k"] * 2, train=True)
+    cut = [vocab[w] for w in CAPTIONS[0].split()][:3]  # 3 tokens, no room left for </s>
+    assert [t for t in inputs.labels[0].tolist() if t != IGNORE_INDEX] == cut
+    assert [t for t in inputs.labels[1].tolist() if t != IGNORE_INDEX] == [vocab["blue"], vocab["dress"], 2]
+
+
+def test_gradient_checkpointing_same_loss_and_grads(tmp_path):
+    path, _ = _word_tokenizer(tmp_path)
+    z = torch.randn(2, Q, H_Q, generator=torch.Generator().manual_seed(6))
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = Captioner(_config(path, lora_dropout=0.0, gradient_checkpointing=checkpointing),
+                          query_dim=H_Q, num_queries=Q).train()
+        _perturb_lora(model)
+        inputs = model.prepare(["blue dress", CAPTIONS[1]], ["fashiongen", "fashioniq"], train=True,
+                               rng=random.Random(0))
+        loss = model(z, inputs)["itg"]
+        loss.backward()
+        results.append((loss.item(), model.text_adapter.weight.grad.clone()))
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.language_model.modules())
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)

@@ -1,6 +1,7 @@
 """The multimodal encoder (BLIP-2 vision + Q-Former) and the tokenizer trainers."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -20,22 +21,14 @@ CAPTIONS = [
     "yellow silk dress with floral print",
 ]
 
-TINY = dict(
-    image_size=32,
-    patch_size=8,
-    vision_hidden_size=32,
-    vision_layers=2,
-    vision_heads=2,
-    vision_intermediate_size=64,
-    qformer_hidden_size=32,
-    qformer_layers=2,
-    qformer_heads=2,
-    qformer_intermediate_size=64,
-    num_query_tokens=4,
-    cross_attention_frequency=2,
-    embed_dim=16,
-    max_text_length=16,
-)
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run ~10x faster on one thread than on two when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +41,7 @@ def tok_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def saved_dir(tok_dir, tmp_path_factory):
     torch.manual_seed(0)
-    encoder = MultimodalEncoder(EncoderConfig(tokenizer=tok_dir, **TINY))
+    encoder = MultimodalEncoder(EncoderConfig.tiny(tok_dir))
     out = tmp_path_factory.mktemp("encoder")
     encoder.save_pretrained(out)
     return str(out)
@@ -93,11 +86,17 @@ def test_tokenizer_rejects_empty_corpus(tmp_path):
 
 
 def test_fresh_encoder_has_sane_init(tok_dir):
-    encoder = MultimodalEncoder(EncoderConfig(tokenizer=tok_dir, **TINY))
-    model = encoder.model
-    assert 0.01 < model.query_tokens.std().item() < 0.03
-    assert 0.01 < model.vision_model.encoder.layers[0].mlp.fc1.weight.std().item() < 0.03
-    assert 0.01 < model.vision_model.embeddings.position_embedding.std().item() < 0.03
+    for std in (0.02, 0.1):  # the BLIP-2 value and the tiny preset's
+        encoder = MultimodalEncoder(EncoderConfig.tiny(tok_dir, init_std=std))
+        model = encoder.model
+        assert 0.5 * std < model.query_tokens.std().item() < 1.5 * std
+        assert 0.5 * std < model.vision_model.encoder.layers[0].mlp.fc1.weight.std().item() < 1.5 * std
+        assert 0.5 * std < model.vision_model.embeddings.position_embedding.std().item() < 1.5 * std
+        assert (
+            0.5 * std
+            < model.qformer.encoder.layer[0].crossattention.attention.key.weight.std().item()
+            < 1.5 * std
+        )
     assert model.embeddings.word_embeddings.num_embeddings == len(encoder.tokenizer)
     assert encoder.temperature.item() == pytest.approx(0.07)
 
@@ -112,7 +111,9 @@ def test_parity_with_transformers_retrieval_model(tok_dir, saved_dir):
         image = encoder.encode_image(pixels)
         text = encoder.encode_text(**tokens)
         sims = torch.einsum("bqe,te->btq", image.image_feats, text.text_feat).max(dim=-1).values  # (B, T)
-        ref_itc = reference(pixel_values=pixels, **tokens, use_image_text_matching_head=False).logits_per_image
+        ref_itc = reference(
+            pixel_values=pixels, **tokens, use_image_text_matching_head=False
+        ).logits_per_image
         itm = encoder.itm_logits(image.vision_embeds, **tokens)
         ref_itm = reference(pixel_values=pixels, **tokens, use_image_text_matching_head=True).logits_per_image
     assert sims.shape == (3, 3) and itm.shape == (3, 2)
@@ -154,7 +155,7 @@ def test_text_path_ignores_padding(saved_dir):
 
 def test_save_load_round_trip(tok_dir, tmp_path):
     torch.manual_seed(1)
-    encoder = MultimodalEncoder(EncoderConfig(tokenizer=tok_dir, freeze_vision=False, **TINY))
+    encoder = MultimodalEncoder(EncoderConfig.tiny(tok_dir, freeze_vision=False))
     with torch.no_grad():
         encoder.temp.fill_(0.05)
         encoder.model.itm_head.bias.add_(0.3)
@@ -172,9 +173,14 @@ def test_save_load_round_trip(tok_dir, tmp_path):
         a, b = encoder.encode_image(_images(2)), loaded.encode_image(_images(2))
         assert torch.equal(a.image_feats, b.image_feats)
         assert torch.equal(encoder.encode_text(**tokens).text_feat, loaded.encode_text(**tokens).text_feat)
-        assert torch.equal(encoder.itm_logits(a.vision_embeds, **tokens), loaded.itm_logits(b.vision_embeds, **tokens))
+        assert torch.equal(
+            encoder.itm_logits(a.vision_embeds, **tokens), loaded.itm_logits(b.vision_embeds, **tokens)
+        )
     assert MultimodalEncoder.from_pretrained(tmp_path, freeze_vision=True).trainable_groups() == [
-        "qformer", "projections", "itm_head", "temperature"
+        "qformer",
+        "projections",
+        "itm_head",
+        "temperature",
     ]
 
 
@@ -184,9 +190,9 @@ def test_missing_paths_and_keys_are_clear_errors(tok_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="does-not-exist"):
         MultimodalEncoder.from_pretrained(tmp_path / "does-not-exist")
     with pytest.raises(ValueError, match="tokenizer"):
-        MultimodalEncoder(EncoderConfig(**TINY))
+        MultimodalEncoder(EncoderConfig(image_size=32, patch_size=8))
     # a checkpoint without the Q-Former's text layers (use_qformer_text_input=False) must not load silently
-    encoder = MultimodalEncoder(EncoderConfig(tokenizer=tok_dir, **TINY))
+    encoder = MultimodalEncoder(EncoderConfig.tiny(tok_dir))
     config = encoder.model.config
     config.qformer_config.use_qformer_text_input = False
     Blip2ForImageTextRetrieval(config).save_pretrained(tmp_path / "no_text")
@@ -194,8 +200,30 @@ def test_missing_paths_and_keys_are_clear_errors(tok_dir, tmp_path):
         MultimodalEncoder(EncoderConfig(pretrained=str(tmp_path / "no_text"), tokenizer=tok_dir))
 
 
+def test_legacy_qformer_text_input_key_loads_the_text_layers(saved_dir, tmp_path):
+    # Salesforce/blip2-itm-vit-g's config spells the flag `qformer_text_input`
+    legacy = tmp_path / "legacy"
+    shutil.copytree(saved_dir, legacy)
+    (legacy / EXTRAS_FILE).unlink()
+    config = json.loads((legacy / "config.json").read_text())
+    config["qformer_config"].pop("use_qformer_text_input")
+    config["qformer_config"]["qformer_text_input"] = True
+    (legacy / "config.json").write_text(json.dumps(config))
+    encoder = MultimodalEncoder(EncoderConfig(pretrained=str(legacy))).eval()
+    reference = MultimodalEncoder(EncoderConfig(pretrained=saved_dir)).eval()
+    assert encoder.temperature.item() == pytest.approx(0.07)  # not in HF weights: fresh init
+    tokens = encoder.tokenize(CAPTIONS[:2])
+    with torch.no_grad():
+        assert torch.equal(encoder.encode_text(**tokens).text_feat, reference.encode_text(**tokens).text_feat)
+
+
+def test_uncached_hub_id_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="nobody/no-such-blip2"):
+        MultimodalEncoder(EncoderConfig(pretrained="nobody/no-such-blip2"))
+
+
 def test_parameter_groups_partition_and_freeze(tok_dir):
-    encoder = MultimodalEncoder(EncoderConfig(tokenizer=tok_dir, **TINY))
+    encoder = MultimodalEncoder(EncoderConfig.tiny(tok_dir))
     groups = encoder.parameter_groups()
     ids = [id(p) for params in groups.values() for p in params]
     assert len(ids) == len(set(ids)) == len(list(encoder.parameters()))
@@ -208,7 +236,7 @@ def test_parameter_groups_partition_and_freeze(tok_dir):
 
 
 def test_temperature_is_clamped(tok_dir):
-    encoder = MultimodalEncoder(EncoderConfig(tokenizer=tok_dir, **TINY))
+    encoder = MultimodalEncoder(EncoderConfig.tiny(tok_dir))
     with torch.no_grad():
         encoder.temp.fill_(2.0)
     assert encoder.temperature.item() == pytest.approx(0.5)
@@ -218,43 +246,56 @@ def test_temperature_is_clamped(tok_dir):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(saved_dir):
-    grads = []
+    grads, calls = [], []
     for checkpointing in (False, True):
         encoder = MultimodalEncoder.from_pretrained(saved_dir, gradient_checkpointing=checkpointing)
-        encoder.model.qformer.config.hidden_dropout_prob = 0.0
-        for module in encoder.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        assert encoder.training and encoder.model.training
+        count = [0]
+        encoder.model.qformer.encoder.layer[0].attention.register_forward_hook(
+            lambda *_, c=count: c.__setitem__(0, c[0] + 1)
+        )
         tokens = encoder.tokenize(CAPTIONS[:2])
         image = encoder.encode_image(_images(2))
         loss = encoder.itm_logits(image.vision_embeds, **tokens).sum() + image.image_feats.sum()
         loss.backward()
         grads.append(encoder.model.query_tokens.grad.clone())
+        calls.append(count[0])
+    assert calls == [2, 4]  # with checkpointing the backward re-runs each layer's forward
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 def test_tiny_encoder_learns_itc_and_itm(tok_dir):
     torch.manual_seed(0)
-    encoder = MultimodalEncoder(EncoderConfig(tokenizer=tok_dir, freeze_vision=False, **TINY)).train()
-    pixels = _images(6, seed=3)
-    product_ids = torch.tensor([0, 1, 2, 3, 4, 5])
+    encoder = MultimodalEncoder(EncoderConfig.tiny(tok_dir, freeze_vision=False)).train()
+    gen = torch.Generator().manual_seed(3)
+    colours = torch.randn(6, 3, 1, 1, generator=gen).expand(6, 3, 32, 32)
+    pixels = colours + 0.1 * torch.randn(
+        6, 3, 32, 32, generator=gen
+    )  # (6, 3, 32, 32) one garment colour each
+    product_ids = torch.arange(6)
     tokens = encoder.tokenize(CAPTIONS)
     itc, itm = ItcLoss(), ItmLoss()
     optimiser = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(20):
+    for _ in range(25):
         image = encoder.encode_image(pixels)
         text = encoder.encode_text(**tokens)
         result = itc.compute(image.image_feats, text.text_feat, encoder.temperature, product_ids)
-        loss_itm = itm(encoder, image.vision_embeds, **tokens, sim_i2t=result.sim_i2t, sim_t2i=result.sim_t2i,
-                       product_ids=product_ids, generator=gen)["itm"]
+        loss_itm = itm(
+            encoder,
+            image.vision_embeds,
+            **tokens,
+            sim_i2t=result.sim_i2t,
+            sim_t2i=result.sim_t2i,
+            product_ids=product_ids,
+            generator=gen,
+        )["itm"]
         loss = result.losses["itc"] + loss_itm
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         losses.append((result.losses["itc"].item(), loss_itm.item()))
-    first = sum(losses[0])
-    last = sum(sum(pair) for pair in losses[-3:]) / 3
-    assert last < 0.7 * first, losses
-    assert losses[-1][0] < losses[0][0]
+    first_itc = losses[0][0]
+    last_itc = sum(itc_value for itc_value, _ in losses[-3:]) / 3
+    assert last_itc < 0.6 * first_itc, losses  # chance level is log(6) = 1.79; the floor with smoothing ~0.46
+    assert sum(losses[-1]) < sum(losses[0]), losses

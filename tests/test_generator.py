@@ -14,6 +14,15 @@ from unifashion.models.generator import Generator, GeneratorConfig, widen_conv_i
 Q, HQ, S = 4, 12, 16  # queries, query width, image size (latents 8x8 with the tiny 2x VAE)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions are far faster on one thread than on oversubscribed cores; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(**kw) -> GeneratorConfig:
     return GeneratorConfig(num_queries=Q, height=S, width=S, **kw)
 
@@ -217,13 +226,13 @@ def test_tiny_overfit_one_image():
     q, img = torch.randn(1, Q, HQ), torch.rand(1, 3, S, S) * 2 - 1
     params = [p for ps in gen.trainable_parameter_groups().values() for p in ps]
     opt = torch.optim.Adam(params, lr=2e-3)
-    noise = torch.randn(4, 4, 8, 8)
-    t = torch.tensor([50, 300, 600, 900])
+    noise = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([100, 700])
     losses = []
-    for _ in range(25):
-        loss = gen.denoise_loss(q.expand(4, -1, -1), img.expand(4, -1, -1, -1), noise=noise, timesteps=t)["denoise"]
+    for _ in range(15):
+        loss = gen.denoise_loss(q.expand(2, -1, -1), img.expand(2, -1, -1, -1), noise=noise, timesteps=t)["denoise"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5, losses
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses

@@ -10,6 +10,15 @@ from unifashion.losses.contrastive import ItcLoss
 from unifashion.losses.matching import ItmLoss, sample_hard_negatives
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run ~10x faster on one thread than on two when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _naive_itc(image_feats, text_feat, temp, ids, eps):
     """ITC with python loops and math (independent of the vectorised code)."""
     n = len(ids)
@@ -57,7 +66,9 @@ def test_itc_directions_differ_and_match_naive():
     # t2i is the transpose of i2t on one process
     assert torch.allclose(result.sim_t2i, result.sim_i2t.t())
     no_smoothing = ItcLoss(label_smoothing=0.0)(image_feats, text_feat, 0.07, torch.tensor(ids))["itc"]
-    assert no_smoothing.item() == pytest.approx(_naive_itc(image_feats.tolist(), text_feat.tolist(), 0.07, ids, 0.0), rel=1e-5)
+    assert no_smoothing.item() == pytest.approx(
+        _naive_itc(image_feats.tolist(), text_feat.tolist(), 0.07, ids, 0.0), rel=1e-5
+    )
 
 
 def test_itc_product_aware_targets():
@@ -134,7 +145,9 @@ class _RecordingMatcher:
 def test_itm_batch_layout_labels_and_value():
     product_ids = torch.tensor([0, 0, 1, 2, 2])
     b = len(product_ids)
-    vision_embeds = torch.arange(b, dtype=torch.float).view(b, 1, 1).expand(b, 3, 2).clone()  # item i -> value i
+    vision_embeds = (
+        torch.arange(b, dtype=torch.float).view(b, 1, 1).expand(b, 3, 2).clone()
+    )  # item i -> value i
     input_ids = torch.stack([torch.arange(b) + 10, torch.zeros(b, dtype=torch.long)], dim=1)  # (B, 2)
     attention_mask = torch.tensor([[1, 0]] * b)
     sim = torch.randn(b, b)
@@ -144,12 +157,32 @@ def test_itm_batch_layout_labels_and_value():
     # positives scored [0, 2] with label 1, negatives [0, -1] with label 0
     expected = (math.log(1 + math.exp(-2)) + 2 * math.log(1 + math.exp(-1))) / 3
     assert out["itm"].item() == pytest.approx(expected, abs=1e-6)
-    (images, texts, _), = matcher.calls
+    ((images, texts, _),) = matcher.calls
     items = torch.arange(b)
     assert torch.equal(images[:b], items) and torch.equal(texts[:b], items)  # positives
     assert torch.equal(texts[b : 2 * b], items) and torch.equal(images[2 * b :], items)
     assert (product_ids[images[b : 2 * b]] != product_ids[items]).all()  # negative images
     assert (product_ids[texts[2 * b :]] != product_ids[items]).all()  # negative texts
+
+
+def test_itm_max_pairs_scores_only_the_first_pairs():
+    product_ids = torch.tensor([0, 0, 1, 2, 2])
+    b, n = len(product_ids), 2
+    vision_embeds = torch.arange(b, dtype=torch.float).view(b, 1, 1).expand(b, 3, 2).clone()
+    input_ids = torch.stack([torch.arange(b) + 10, torch.zeros(b, dtype=torch.long)], dim=1)  # (B, 2)
+    attention_mask = torch.tensor([[1, 0]] * b)
+    sim = torch.randn(b, b)
+    matcher = _RecordingMatcher(product_ids)
+    out = ItmLoss(max_pairs=n)(matcher, vision_embeds, input_ids, attention_mask, sim, sim.t(), product_ids,
+                               torch.Generator().manual_seed(0))
+    ((images, texts, _),) = matcher.calls
+    assert images.numel() == 3 * n  # [pos, neg-image, neg-text] of the first n pairs only
+    assert torch.equal(images[:n], torch.arange(n)) and torch.equal(texts[:n], torch.arange(n))
+    assert (product_ids[images[n : 2 * n]] != product_ids[:n]).all()
+    expected = (math.log(1 + math.exp(-2)) + 2 * math.log(1 + math.exp(-1))) / 3
+    assert out["itm"].item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="max_pairs"):
+        ItmLoss(max_pairs=0)
 
 
 def test_itm_accepts_a_callable_and_gets_gradient():
@@ -160,13 +193,26 @@ def test_itm_accepts_a_callable_and_gets_gradient():
     def itm_logits(v, ids, mask):
         return head(v.mean(dim=1) + ids.float().mean(dim=1, keepdim=True))
 
-    out = ItmLoss()(itm_logits, vision_embeds, torch.ones(3, 2, dtype=torch.long), torch.ones(3, 2, dtype=torch.long),
-                    torch.zeros(3, 3), torch.zeros(3, 3), product_ids)
+    out = ItmLoss()(
+        itm_logits,
+        vision_embeds,
+        torch.ones(3, 2, dtype=torch.long),
+        torch.ones(3, 2, dtype=torch.long),
+        torch.zeros(3, 3),
+        torch.zeros(3, 3),
+        product_ids,
+    )
     out["itm"].backward()
     assert vision_embeds.grad.abs().sum() > 0 and head.weight.grad.abs().sum() > 0
 
 
 def test_itm_bad_similarity_shape():
     with pytest.raises(ValueError, match="similarities"):
-        ItmLoss()(lambda *a: None, torch.randn(2, 1, 1), torch.ones(2, 1, dtype=torch.long),
-                  torch.ones(2, 1, dtype=torch.long), torch.zeros(2, 3), torch.zeros(2, 3))
+        ItmLoss()(
+            lambda *a: None,
+            torch.randn(2, 1, 1),
+            torch.ones(2, 1, dtype=torch.long),
+            torch.ones(2, 1, dtype=torch.long),
+            torch.zeros(2, 3),
+            torch.zeros(2, 3),
+        )

@@ -90,13 +90,13 @@ def run_demo(args) -> int:
         update_metrics_json(metrics_path, metrics | timer.times)
 
     if "captioning" in stages:
-        from unifashion.demo_stages import captioning_stage
+        from unifashion.demo_captioning import captioning_stage
 
         metrics |= captioning_stage(data, run_dir, retrieval_ckpt, timer, build_cli, _config)
         update_metrics_json(metrics_path, metrics | timer.times)
 
     if "generation" in stages:
-        from unifashion.demo_stages import generation_stage
+        from unifashion.demo_generation import generation_stage
 
         metrics |= generation_stage(data, run_dir, retrieval_ckpt, timer, build_cli, _config)
         update_metrics_json(metrics_path, metrics | timer.times)

@@ -14,8 +14,10 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
-from unifashion.data.batch import PAIRS
+from unifashion.data.batch import PAIRS, TRYON
+from unifashion.data.transforms import denormalize
 from unifashion.losses.contrastive import ItcLoss
 from unifashion.losses.matching import ItmLoss
 from unifashion.models.encoder import EncoderConfig, MultimodalEncoder
@@ -34,6 +36,8 @@ class UniFashionModule(L.LightningModule):
         loss_weights: overrides of the phase's default loss weights (0 switches a term off).
         optimizer: AdamW and learning-rate schedule settings.
         label_smoothing: ITC label smoothing (LAVIS: 0.1).
+        itm_max_pairs: ITM scores only this many pairs of each batch (None: all, as LAVIS); hard
+            negatives are still mined from the whole batch. A cost knob for CPU runs.
         init_from: a checkpoint of an earlier phase whose weights are loaded before training
             (e.g. the phase1_retrieval checkpoint for phase1_generative).
         save_trainable_only: checkpoints keep only trained parameters and the parameters of
@@ -50,6 +54,7 @@ class UniFashionModule(L.LightningModule):
         loss_weights: dict[str, float] | None = None,
         optimizer: OptimizerConfig | None = None,
         label_smoothing: float = 0.1,
+        itm_max_pairs: int | None = None,
         init_from: str | None = None,
         save_trainable_only: bool = True,
     ) -> None:
@@ -78,7 +83,7 @@ class UniFashionModule(L.LightningModule):
                 raise ValueError(f"phase {self.phase.name!r} needs a {need} configuration (model.{need})")
 
         self.itc_loss = ItcLoss(label_smoothing=label_smoothing)
-        self.itm_loss = ItmLoss()
+        self.itm_loss = ItmLoss(max_pairs=itm_max_pairs)
         if init_from:
             self.load_weights(init_from)
         self.trainable_counts = apply_freeze_policy(
@@ -147,16 +152,30 @@ class UniFashionModule(L.LightningModule):
                         pad_token_id=self.encoder.tokenizer.pad_token_id or 0,
                     )  # eq. 4
                 )
-        needs_queries = kind == PAIRS and (w.get("itg", 0) > 0 or w.get("denoise", 0) > 0)
-        if needs_queries:
+        if kind == PAIRS and (w.get("itg", 0) > 0 or w.get("denoise", 0) > 0):
             with torch.no_grad():  # the Q-Former is frozen in the generative phases
                 queries = self.encoder.encode_image(batch["image"]).query_output  # (B, Q, H)
-            if w.get("itg", 0) > 0:
+            if w.get("itg", 0) > 0:  # eq. 6
                 inputs = self.captioner.prepare(batch["text"], [batch["dataset"]] * len(batch["text"]), train=True)
                 terms.update(self.captioner(queries, inputs.to(self.device)))
-            if w.get("denoise", 0) > 0:
-                terms.update(self.generator.denoise_loss(queries, self.generator.target_images(batch)))
+            if w.get("denoise", 0) > 0:  # eq. 7
+                terms.update(self.generator.denoise_loss(queries, self.generation_targets(batch["image"])))
+        if kind == TRYON and w.get("denoise", 0) > 0:
+            # try-on / design (Figure 3): the encoder reads the garment (or sketch) with the text,
+            # bi-directionally; the UNet also sees the masked person, mask, pose and sketch.
+            vision = self.encoder.encode_vision(batch["image_clip"])  # (B, P, Hv)
+            queries, _ = self.encoder.fuse(vision, batch["input_ids"], batch["attention_mask"])  # (B, Q, H)
+            conditions = {k: batch[k] for k in ("inpaint_mask", "pose_map", "sketch") if k in batch}
+            terms.update(self.generator.denoise_loss(queries, batch["image"], conditions))  # eq. 12
         return terms
+
+    def generation_targets(self, image: torch.Tensor) -> torch.Tensor:
+        """Encoder images (B, 3, S, S), CLIP-normalised -> diffusion targets (B, 3, H, W) in [-1, 1]."""
+        cfg = self.generator.config
+        x = denormalize(image) * 2 - 1  # (B, 3, S, S) in [-1, 1]
+        if tuple(x.shape[-2:]) != (cfg.height, cfg.width):
+            x = F.interpolate(x, size=(cfg.height, cfg.width), mode="bilinear", antialias=True, align_corners=False)
+        return x
 
     def _weighted_sum(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.loss_weights[k] * v for k, v in terms.items())

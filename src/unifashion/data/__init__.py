@@ -20,6 +20,8 @@ _EXPORTS = {
     "Fashion200KDataModule": "unifashion.data.fashion200k",
     "FashionGenDataModule": "unifashion.data.fashiongen",
     "FashionIQDataModule": "unifashion.data.fashioniq",
+    "CombinedDataModule": "unifashion.data.combined",
+    "VitonHDDataModule": "unifashion.data.vitonhd",
     "ImageTransform": "unifashion.data.transforms",
     "denormalize": "unifashion.data.transforms",
 }

@@ -16,6 +16,12 @@ Triplet batches (kind "triplets": Fashion-IQ composed retrieval)
     target float (B,3,S,S), text list[str] (the modifying text), reference_id list[str],
     target_id list[str], input_ids / attention_mask as above.
 
+Try-on batches (kind "tryon": VITON-HD / MGD, data/vitonhd.py)
+    kind, dataset ("vitonhd"), image (person, float (B,3,H,W) in [-1,1]), cloth, agnostic (same),
+    cloth_mask, inpaint_mask, sketch float (B,1,H,W) in {0,1}, pose_map float (B,18,H,W),
+    image_clip float (B,3,S,S) CLIP-normalised (the garment or sketch for the encoder), text
+    list[str], person_id / cloth_id list[str], input_ids / attention_mask as above.
+
 Retrieval evaluation splits are described by RetrievalSplit below.
 """
 
@@ -28,6 +34,7 @@ from torch.utils.data import Dataset
 
 PAIRS = "pairs"
 TRIPLETS = "triplets"
+TRYON = "tryon"
 DATASETS = ("fashiongen", "fashion200k", "fashioniq", "vitonhd")
 
 

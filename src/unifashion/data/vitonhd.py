@@ -32,11 +32,11 @@ Per item (output size H x W, 512 x 384 by default; keep 4:3 and multiples of 8 f
   person with the inpaint region set to 0 (mid grey, like the official agnostic images).
 - ``pose_map`` (18, H, W): COCO-18 Gaussian heatmaps from OpenPose BODY_25 (``people[0]``) with MGD's
   mapping (COCO i <- BODY_25 i for i <= 7, then BODY_25 i + 1, MidHip skipped). Keypoints are scaled
-  from the person image's own size to H x W (for the official 1024 x 768 release: x * W / 768,
-  y * H / 1024). Map = exp(-((u - x)^2 + (v - y)^2) / sigma^2) on integer pixel centres, divided by
-  its maximum (MGD ``kpoint_to_heatmap``, sigma 9 at 512 x 384). A joint with x <= 0 and y <= 0
-  (OpenPose's (0, 0) for "not found") gives an all-zero map; a file with no detected person gives
-  18 zero maps.
+  from the person image's own size (or ``keypoint_source_size``) to H x W (for the official
+  1024 x 768 release: x * W / 768, y * H / 1024). Map = exp(-((u - x)^2 + (v - y)^2) / sigma^2) on
+  integer pixel centres, divided by its maximum (MGD ``kpoint_to_heatmap``, sigma 9 at 512 x 384).
+  A joint with x <= 0 and y <= 0 (OpenPose's (0, 0) for "not found") gives an all-zero map; a file
+  with no detected person gives 18 zero maps.
 - ``sketch`` (1, H, W): MGD's rule: bicubic resize, invert, ``p > t -> 255 else 0``, to [0, 1],
   ``1 - x``; so a pixel becomes a stroke (1) iff its original value is >= 255 - t. ``t`` is drawn
   uniformly from ``sketch_threshold_train`` (inclusive) per training item, ``sketch_threshold_test``
@@ -74,15 +74,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from unifashion.data.base import BaseDataModule
+from unifashion.data.batch import TRYON  # the batch kind of try-on / design batches
 from unifashion.data.collate import Collate
 from unifashion.data.errors import BadSampleError, OnBadSample
 from unifashion.data.files import load_image, read_json, require_dir
 from unifashion.data.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
-
-TRYON = "tryon"
-"""Batch kind of the try-on / design batches (consumed by the ``denoise`` term of finetune phases)."""
 
 SPLITS = ("train", "test")
 NUM_POSE_MAPS = 18
@@ -104,11 +102,13 @@ SourceMode = Literal["auto", "file", "parse", "derive"]
 # ------------------------------------------------------------------ pure helpers
 
 def split_caption_key(file_name: str) -> str:
-    """The caption id of an image file: the part of the name before the first ``_`` ("03195_00.jpg" -> "03195")."""
+    """The caption id of an image file: the name before the first ``_`` ("03195_00.jpg" -> "03195")."""
     return file_name.split("_")[0]
 
 
-def filter_captions(data: dict[str, Any], min_captions: int = MIN_CAPTIONS) -> tuple[dict[str, list[str]], list[str]]:
+def filter_captions(
+    data: dict[str, Any], min_captions: int = MIN_CAPTIONS
+) -> tuple[dict[str, list[str]], list[str]]:
     """MGD's caption filter: keep ids with at least `min_captions` captions.
 
     Returns:
@@ -230,7 +230,8 @@ def read_body25(path: Path) -> torch.Tensor:
         return torch.zeros(25, 3)
     kp = people[0].get("pose_keypoints_2d") if isinstance(people[0], dict) else None
     if not isinstance(kp, list) or len(kp) != 75 or not all(isinstance(v, (int, float)) for v in kp):
-        raise BadSampleError(path, "malformed_json", "people[0].pose_keypoints_2d must be 75 numbers (BODY_25)")
+        raise BadSampleError(path, "malformed_json",
+                             "people[0].pose_keypoints_2d must be 75 numbers (BODY_25)")
     return torch.tensor(kp, dtype=torch.float32).view(25, 3)
 
 
@@ -263,6 +264,7 @@ class TryOnSettings:
 
     split_dir: ``<root>/<split>``. height/width: output size. unpaired: read unpaired sketches.
     train: random sketch threshold and caption order. pose_sigma: heatmap width (output px).
+    keypoint_source_size: (H, W) of the OpenPose pixel space, None for the person image's size.
     sketch_threshold: (low, high) inclusive range (train) or (t, t). mask_from_file: read
     ``agnostic-mask`` (else derive from the parse map). agnostic_from_file: read ``agnostic-v3.2``
     (else mask the person). mask_dilation: bounding-box growth in output px. with_sketches: read
@@ -275,6 +277,7 @@ class TryOnSettings:
     unpaired: bool
     train: bool
     pose_sigma: float
+    keypoint_source_size: tuple[int, int] | None
     sketch_threshold: tuple[int, int]
     mask_from_file: bool
     agnostic_from_file: bool
@@ -362,7 +365,7 @@ class VitonHDTryOn(Dataset):
 
     def _mask(self, path: Path, what: str) -> torch.Tensor:
         m = self._resize(open_single_channel(path, what).convert("L"), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(m) >= 128).float().unsqueeze(0)  # (1, H, W)
+        return torch.from_numpy(np.array(m) >= 128).float().unsqueeze(0)  # (1, H, W)
 
     def _item(self, pair: TryOnPair) -> dict[str, Any]:
         s = self.settings
@@ -370,16 +373,19 @@ class VitonHDTryOn(Dataset):
         h, w = s.height, s.width
         person_full = load_image(files["image"])
         src_w, src_h = person_full.size
+        if s.keypoint_source_size is not None:
+            src_h, src_w = s.keypoint_source_size
         image = to_signed(self._resize(person_full, Image.Resampling.BICUBIC))  # (3, H, W)
         cloth_pil = load_image(files["cloth"])
         cloth = to_signed(self._resize(cloth_pil, Image.Resampling.BICUBIC))  # (3, H, W)
-        cloth_mask = self._mask(files["cloth_mask"], "a cloth mask (grayscale, >= 128 = garment)")  # (1, H, W)
+        cloth_mask = self._mask(files["cloth_mask"], "a cloth mask (grayscale, >= 128 = garment)")  # (1,H,W)
 
         if s.mask_from_file:
             inpaint_mask = self._mask(files["inpaint_mask"], "an agnostic mask (white = try-on region)")
         else:
             parse_pil = open_single_channel(files["parse"], "a CIHP label map (mode P, labels 0..19)")
-            parse = torch.from_numpy(np.asarray(self._resize(parse_pil, Image.Resampling.NEAREST))).long()  # (H, W)
+            parse_small = self._resize(parse_pil, Image.Resampling.NEAREST)
+            parse = torch.from_numpy(np.array(parse_small)).long()  # (H, W)
             inpaint_mask = parse_inpaint_mask(parse, s.mask_dilation)  # (1, H, W)
 
         if s.agnostic_from_file:
@@ -451,6 +457,8 @@ class VitonHDDataModule(BaseDataModule):
         max_val_items: the validation loader (VITON-HD has no validation split) serves a seeded
             subset of this many paired test pairs (None: all).
         pose_sigma: heatmap width in output pixels (MGD: 9 at 512 x 384).
+        keypoint_source_size: (H, W) of the pixel space of the OpenPose coordinates; None: the person
+            image's own size (1024 x 768 in the official release; MGD hard-codes 1024 x 768).
         with_captions: read ``captions.json`` (MGD); otherwise every text is "".
         with_sketches: read the MGD sketches; otherwise ``sketch`` is all zeros.
         sketch_threshold_train: inclusive range of the per-item random sketch threshold at training.
@@ -481,6 +489,7 @@ class VitonHDDataModule(BaseDataModule):
         max_train_items: int | None = None,
         max_val_items: int | None = 16,
         pose_sigma: float = 9.0,
+        keypoint_source_size: tuple[int, int] | None = None,
         with_captions: bool = True,
         with_sketches: bool = True,
         sketch_threshold_train: tuple[int, int] = (20, 127),
@@ -491,8 +500,8 @@ class VitonHDDataModule(BaseDataModule):
         encoder_input: Literal["cloth", "sketch"] = "cloth",
         check_files: bool = True,
     ):
-        super().__init__(root, batch_size, num_workers, encoder_image_size, target_pad_ratio, on_bad_sample, seed,
-                         augment=False)
+        super().__init__(root, batch_size, num_workers, encoder_image_size, target_pad_ratio, on_bad_sample,
+                         seed, augment=False)
         if height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive, got {height} x {width}")
         if mode not in ("paired", "unpaired"):
@@ -502,6 +511,9 @@ class VitonHDDataModule(BaseDataModule):
                 raise ValueError(f"{name} must be positive or None, got {n}")
         if pose_sigma <= 0:
             raise ValueError(f"pose_sigma must be positive, got {pose_sigma}")
+        ks = keypoint_source_size
+        if ks is not None and (len(ks) != 2 or min(ks) <= 0):
+            raise ValueError(f"keypoint_source_size must be (H, W) > 0 or None, got {keypoint_source_size}")
         lo, hi = sketch_threshold_train
         if not (0 <= lo <= hi <= 255) or not 0 <= sketch_threshold_test <= 255:
             raise ValueError(f"sketch thresholds must lie in 0..255 with low <= high, got "
@@ -522,6 +534,7 @@ class VitonHDDataModule(BaseDataModule):
         self.max_train_items = max_train_items
         self.max_val_items = max_val_items
         self.pose_sigma = pose_sigma
+        self.keypoint_source_size = None if keypoint_source_size is None else tuple(keypoint_source_size)
         self.with_captions = with_captions
         self.with_sketches = with_sketches
         self.sketch_threshold_train = (int(lo), int(hi))
@@ -540,7 +553,8 @@ class VitonHDDataModule(BaseDataModule):
     # ---------------------------------------------------------------- files
     @property
     def root_dir(self) -> Path:
-        return require_dir(Path(self.root_path()), "train_pairs.txt, test_pairs.txt, train/, test/ (VITON-HD)")
+        return require_dir(Path(self.root_path()),
+                           "train_pairs.txt, test_pairs.txt, train/, test/ (VITON-HD)")
 
     def split_dir(self, split: str) -> Path:
         """``<root>/<split>``; FileNotFoundError naming it when absent."""
@@ -548,8 +562,8 @@ class VitonHDDataModule(BaseDataModule):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         d = self.root_dir / split
         if not d.is_dir():
-            raise FileNotFoundError(f"VITON-HD split folder {d} not found; expected image/, cloth/, cloth-mask/, "
-                                    f"image-parse-v3/, openpose_json/ ... in it")
+            raise FileNotFoundError(f"VITON-HD split folder {d} not found; expected image/, cloth/, "
+                                    f"cloth-mask/, image-parse-v3/, openpose_json/ ... in it")
         return d
 
     def captions(self) -> dict[str, list[str]] | None:
@@ -564,7 +578,8 @@ class VitonHDDataModule(BaseDataModule):
                 if isinstance(caps, list) and all(isinstance(c, str) for c in caps):
                     valid[key] = caps
                 else:
-                    self.handle(BadSampleError(path, "malformed_json", f"id {key!r}: expected a list of strings"))
+                    self.handle(BadSampleError(path, "malformed_json",
+                                               f"id {key!r}: expected a list of strings"))
             self._captions, self.dropped_caption_ids = filter_captions(valid)
             self.caption_filter_counts["ids_dropped"] = len(self.dropped_caption_ids)
             if self.dropped_caption_ids:
@@ -579,7 +594,8 @@ class VitonHDDataModule(BaseDataModule):
             return d.is_dir()
         if setting == file_value:
             if not d.is_dir():
-                raise FileNotFoundError(f"{d} not found; expected it because the source setting is {setting!r}")
+                raise FileNotFoundError(f"{d} not found; expected it because the source setting is "
+                                        f"{setting!r}")
             return True
         return False
 
@@ -594,6 +610,7 @@ class VitonHDDataModule(BaseDataModule):
             unpaired=unpaired,
             train=train,
             pose_sigma=self.pose_sigma,
+            keypoint_source_size=self.keypoint_source_size,  # type: ignore[arg-type]
             sketch_threshold=t,
             mask_from_file=self._source(split, "agnostic-mask", self.mask_source, "file"),
             agnostic_from_file=self._source(split, "agnostic-v3.2", self.agnostic_source, "file"),
@@ -614,7 +631,8 @@ class VitonHDDataModule(BaseDataModule):
         """
         path = self.root_dir / f"{split}_pairs.txt"
         if not path.is_file():
-            raise BadSampleError(path, "missing_file", "pair file not found; expected '<person>.jpg <cloth>.jpg' lines")
+            raise BadSampleError(path, "missing_file",
+                                 "pair file not found; expected '<person>.jpg <cloth>.jpg' lines")
         out = []
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
@@ -648,8 +666,8 @@ class VitonHDDataModule(BaseDataModule):
                     log.warning("vitonhd: %s pair %s %s left out: caption id %s has fewer than %d captions",
                                 split, person, cloth, pair.caption_key, MIN_CAPTIONS)
                 else:
-                    self.handle(BadSampleError(caption_path, "missing_key",
-                                               f"no captions for id {pair.caption_key!r} (pair {person} {cloth})"))
+                    detail = f"no captions for id {pair.caption_key!r} (pair {person} {cloth})"
+                    self.handle(BadSampleError(caption_path, "missing_key", detail))
                 continue
             if self.check_files and not self._files_exist(settings, pair):
                 continue
@@ -675,7 +693,9 @@ class VitonHDDataModule(BaseDataModule):
         self.log_skips(f"setup({stage})")
 
     # ---------------------------------------------------------------- datasets and loaders
-    def dataset(self, split: str, mode: str | None = None, pairs: list[TryOnPair] | None = None) -> VitonHDTryOn:
+    def dataset(
+        self, split: str, mode: str | None = None, pairs: list[TryOnPair] | None = None
+    ) -> VitonHDTryOn:
         """Items of `split` in `mode` (default: the configured test mode; train is always paired)."""
         mode = self.mode if mode is None else mode
         unpaired = split != "train" and mode == "unpaired"

@@ -39,7 +39,7 @@ def sample_hard_negatives(
     Args:
         sim: (B, N) similarities (already divided by the temperature).
         positives: (B, N) bool mask of the columns that must never be drawn (same product).
-        generator: optional torch.Generator (on `sim`'s device) for reproducible draws.
+        generator: optional torch.Generator for reproducible draws (a CPU generator works for CUDA inputs).
 
     Returns:
         (B,) long column indices, never a positive.
@@ -56,11 +56,25 @@ def sample_hard_negatives(
         weights = F.softmax(logits, dim=1)  # (B, N), exactly 0 on positives
         # guard against rows whose finite weights underflow to all zeros
         weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, (~positives).float())
-        return torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
+        if generator is not None and generator.device != weights.device:
+            weights = weights.to(generator.device)  # draw where the generator lives (e.g. a CPU generator)
+        return torch.multinomial(weights, 1, generator=generator).squeeze(1).to(sim.device)  # (B,)
 
 
 class ItmLoss(nn.Module):
-    """Image-text matching loss (eq. 4) on [pos, neg-image, neg-text] triples with labels [1, 0, 0]."""
+    """Image-text matching loss (eq. 4) on [pos, neg-image, neg-text] triples with labels [1, 0, 0].
+
+    Args:
+        max_pairs: score only the first `max_pairs` local pairs (and their two negatives) with the
+            ITM head; hard negatives are still mined from the whole gathered batch. None (LAVIS):
+            every pair. A cost knob for small machines: the ITM forward is 3x the batch.
+    """
+
+    def __init__(self, max_pairs: int | None = None) -> None:
+        super().__init__()
+        if max_pairs is not None and max_pairs < 1:
+            raise ValueError(f"ItmLoss.max_pairs must be >= 1 or None, got {max_pairs}")
+        self.max_pairs = max_pairs
 
     def forward(
         self,
@@ -105,8 +119,8 @@ class ItmLoss(nn.Module):
                 f"ItmLoss: similarities must be ({batch}, {vision_all.shape[0]}), got "
                 f"{tuple(sim_i2t.shape)} and {tuple(sim_t2i.shape)}"
             )
-        ids_all_pid = distributed.gather_ids(product_ids) if product_ids is not None else None
-        positives = positive_mask(product_ids, ids_all_pid, batch, vision_embeds.device)  # (B, W*B)
+        product_ids_all = distributed.gather_ids(product_ids) if product_ids is not None else None
+        positives = positive_mask(product_ids, product_ids_all, batch, vision_embeds.device)  # (B, W*B)
 
         neg_image_idx = sample_hard_negatives(sim_t2i, positives, generator)  # (B,) one image per text
         neg_text_idx = sample_hard_negatives(sim_i2t, positives, generator)  # (B,) one text per image
@@ -117,6 +131,11 @@ class ItmLoss(nn.Module):
         ids_local = F.pad(input_ids, (0, length - input_ids.shape[1]), value=pad_token_id)  # (B, L')
         mask_local = F.pad(attention_mask, (0, length - attention_mask.shape[1]), value=0)  # (B, L')
 
+        if self.max_pairs is not None and self.max_pairs < batch:
+            n = self.max_pairs
+            vision_embeds, vision_neg = vision_embeds[:n], vision_neg[:n]  # (n, P, Hv)
+            ids_local, mask_local, ids_neg, mask_neg = ids_local[:n], mask_local[:n], ids_neg[:n], mask_neg[:n]
+            batch = n
         # eq. 4: [pos, pos, neg-text] texts x [img, neg-img, img] images, labels [1, 0, 0]
         vision_batch = torch.cat([vision_embeds, vision_neg, vision_embeds], dim=0)  # (3B, P, Hv)
         ids_batch = torch.cat([ids_local, ids_local, ids_neg], dim=0)  # (3B, L')

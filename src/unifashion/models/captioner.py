@@ -295,7 +295,10 @@ class Captioner(nn.Module):
                 f"the caption tokenizer has {len(tokenizer)} tokens but the LLM embeds only {embedding_rows}"
             )
         if config.gradient_checkpointing:
-            language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(language_model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+                language_model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not isinstance(language_model, PeftModel):
             language_model.requires_grad_(False)
             if config.use_lora:

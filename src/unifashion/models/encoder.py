@@ -41,9 +41,6 @@ EXTRAS_FILE = "unifashion_encoder.json"
 TEMPERATURE_RANGE = (0.001, 0.5)
 """Clamp range of the ITC temperature (LAVIS `temp.clamp_(0.001, 0.5)`)."""
 
-INIT_STD = 0.02
-"""Std of the (truncated) normal init of a freshly built encoder."""
-
 
 @dataclass
 class EncoderConfig:
@@ -91,6 +88,41 @@ class EncoderConfig:
     """Initial ITC temperature when the checkpoint does not carry one."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (HF gradient checkpointing) to save memory."""
+    qformer_dropout: float = 0.1
+    """Dropout of the Q-Former's hidden states and attention probabilities (BLIP-2: 0.1; also applied
+    to a pretrained checkpoint, whose config carries 0.1)."""
+    init_std: float = 0.02
+    """Std of the truncated-normal init of a fresh model's weights and queries (BLIP-2/BERT: 0.02, tuned
+    for width 768; at tiny widths 0.02 makes the queries nearly blind to the image, use ~0.1)."""
+
+    @classmethod
+    def tiny(cls, tokenizer: str, **overrides: object) -> EncoderConfig:
+        """A CPU-sized fresh encoder (32 px images, width 32, 4 queries) that learns in a few dozen steps.
+
+        Args:
+            tokenizer: directory of a BERT-style tokenizer (e.g. from `train_wordpiece_tokenizer`).
+            **overrides: any other field.
+        """
+        fields: dict[str, object] = dict(
+            image_size=32,
+            patch_size=8,
+            vision_hidden_size=32,
+            vision_layers=2,
+            vision_heads=2,
+            vision_intermediate_size=64,
+            qformer_hidden_size=32,
+            qformer_layers=2,
+            qformer_heads=2,
+            qformer_intermediate_size=64,
+            num_query_tokens=4,
+            cross_attention_frequency=2,
+            embed_dim=16,
+            max_text_length=32,
+            qformer_dropout=0.0,
+            init_std=0.1,
+        )
+        fields.update(overrides)
+        return cls(tokenizer=tokenizer, **fields)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         sizes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.type == "int"}
@@ -103,6 +135,10 @@ class EncoderConfig:
             )
         if self.vision_hidden_size % self.vision_heads or self.qformer_hidden_size % self.qformer_heads:
             raise ValueError("EncoderConfig: hidden sizes must be divisible by the number of heads")
+        if not 0.0 <= self.qformer_dropout < 1.0:
+            raise ValueError(f"EncoderConfig.qformer_dropout must be in [0, 1), got {self.qformer_dropout}")
+        if self.init_std <= 0:
+            raise ValueError(f"EncoderConfig.init_std must be positive, got {self.init_std}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"EncoderConfig.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
@@ -152,26 +188,26 @@ def _load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         ) from err
 
 
-def _sane_init(model: Blip2ForImageTextRetrieval) -> None:
-    """Re-initialise a freshly built model: trunc-normal(0.02) weights, zero biases, unit norms,
-    normal(0.02) query tokens. (HF's defaults use std 1e-10 for the ViT and zero queries: nothing learns.)"""
+def _sane_init(model: Blip2ForImageTextRetrieval, std: float) -> None:
+    """Re-initialise a freshly built model: trunc-normal(std) weights, zero biases, unit norms,
+    normal(std) query tokens. (HF's defaults use std 1e-10 for the ViT and zero queries: nothing learns.)"""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear | nn.Conv2d):
-                nn.init.trunc_normal_(module.weight, std=INIT_STD)
+                nn.init.trunc_normal_(module.weight, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
-                nn.init.trunc_normal_(module.weight, std=INIT_STD)
+                nn.init.trunc_normal_(module.weight, std=std)
                 if module.padding_idx is not None:
                     module.weight[module.padding_idx].zero_()
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, Blip2VisionEmbeddings):
-                nn.init.trunc_normal_(module.class_embedding, std=INIT_STD)
-                nn.init.trunc_normal_(module.position_embedding, std=INIT_STD)
-        nn.init.normal_(model.query_tokens, std=INIT_STD)
+                nn.init.trunc_normal_(module.class_embedding, std=std)
+                nn.init.trunc_normal_(module.position_embedding, std=std)
+        nn.init.normal_(model.query_tokens, std=std)
 
 
 class MultimodalEncoder(nn.Module):
@@ -192,21 +228,24 @@ class MultimodalEncoder(nn.Module):
         self.tokenizer = _load_tokenizer(tokenizer_name)
         temperature = config.temperature_init
         if config.pretrained is not None:
-            self.model = self._load_pretrained(config.pretrained)
+            self.model = self._load_pretrained(config.pretrained, config.qformer_dropout)
             extras = Path(config.pretrained).expanduser() / EXTRAS_FILE
             if extras.is_file():
                 temperature = json.loads(extras.read_text())["temperature"]
         else:
             self.model = Blip2ForImageTextRetrieval(self._fresh_hf_config(config, self.tokenizer))
-            _sane_init(self.model)
+            _sane_init(self.model, config.init_std)
         self._check_vocab()
         self.temp = nn.Parameter(torch.tensor(float(temperature)))
         """Learnable ITC temperature tau (eq. 3); read it through `temperature` (clamped)."""
         if config.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
         self.set_trainable(
             [name for name in self.parameter_groups() if not (config.freeze_vision and name == "vision")]
         )
+        self.train()  # HF from_pretrained returns eval mode; a new nn.Module starts in train mode
 
     # ------------------------------------------------------------------ construction
 
@@ -220,7 +259,7 @@ class MultimodalEncoder(nn.Module):
             num_attention_heads=config.vision_heads,
             image_size=config.image_size,
             patch_size=config.patch_size,
-            initializer_range=INIT_STD,
+            initializer_range=config.init_std,
         )
         qformer = Blip2QFormerConfig(
             vocab_size=len(tokenizer),
@@ -233,7 +272,9 @@ class MultimodalEncoder(nn.Module):
             encoder_hidden_size=config.vision_hidden_size,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
             use_qformer_text_input=True,
-            initializer_range=INIT_STD,
+            hidden_dropout_prob=config.qformer_dropout,
+            attention_probs_dropout_prob=config.qformer_dropout,
+            initializer_range=config.init_std,
         )
         return Blip2Config(
             vision_config=vision.to_dict(),
@@ -249,11 +290,11 @@ class MultimodalEncoder(nn.Module):
             },
             num_query_tokens=config.num_query_tokens,
             image_text_hidden_size=config.embed_dim,
-            initializer_range=INIT_STD,
+            initializer_range=config.init_std,
         )
 
     @staticmethod
-    def _load_pretrained(name: str) -> Blip2ForImageTextRetrieval:
+    def _load_pretrained(name: str, dropout: float) -> Blip2ForImageTextRetrieval:
         """Load an HF BLIP-2 retrieval checkpoint with the Q-Former text layers, failing on missing keys."""
         local = Path(name).expanduser()
         if _looks_like_path(name) and not local.is_dir():
@@ -272,6 +313,8 @@ class MultimodalEncoder(nn.Module):
             ) from err
         # the original checkpoint's config uses the old key `qformer_text_input`: force the text layers on
         hf_config.qformer_config.use_qformer_text_input = True
+        hf_config.qformer_config.hidden_dropout_prob = dropout
+        hf_config.qformer_config.attention_probs_dropout_prob = dropout
         model, info = Blip2ForImageTextRetrieval.from_pretrained(
             name, config=hf_config, output_loading_info=True
         )

@@ -15,6 +15,15 @@ The order is the one of SD-inpainting and MGD. A UNet loaded with fewer input ch
 with ZERO-initialised weights for the new channels, so the widened model reproduces the pretrained
 output whatever the new inputs are.
 
+Pixel space (`GeneratorConfig.pixel_space=True`, tiny CPU demos and tests only): there is no VAE; the
+UNet denoises the RGB pixels in [-1, 1] directly (a DDPM-style pixel diffusion, "latents" are the
+pixels, 3 channels, downsampling factor 1, linear beta schedule of Ho et al. 2020). Why: a tiny VAE
+built from a config is random and frozen, so its latents decode to noise whatever the UNet learns and
+generated images cannot show the requested garment; training a VAE would be a hidden extra phase. The
+paper configuration keeps the Stable Diffusion VAE (`pixel_space=False`). In pixel space the try-on
+"masked-person latent" is the masked person image itself (3 channels), so the try-on input has
+3 + 1 + 3 = 7 channels and the design input 26.
+
 Spatial conditions (dict keys of `conditions`):
     person        float (B, 3, H, W) in [-1, 1], the person image (its masked region is discarded);
                   defaults to the target `images` in `denoise_loss`.
@@ -27,9 +36,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +57,17 @@ from torch import Tensor, nn
 from unifashion.losses.denoising import PREDICTION_TYPES, denoising_loss
 
 VARIANT_EXTRA_CHANNELS = {"plain": 0, "tryon": 1 + 4, "design": 1 + 4 + 18 + 1}
-"""Channels concatenated to the noisy latent per variant (mask, masked-person latent, pose, sketch)."""
+"""Channels concatenated to a 4-channel SD latent per variant (mask, masked-person latent, pose, sketch)."""
 NUM_POSE_MAPS = 18
+PIXEL_CHANNELS = 3
+
+
+def variant_extra_channels(variant: str, latent_channels: int) -> int:
+    """Extra UNet input channels of `variant` when the (masked-person) latent has `latent_channels`."""
+    if variant not in VARIANT_EXTRA_CHANNELS:
+        raise ValueError(f"variant must be one of {tuple(VARIANT_EXTRA_CHANNELS)}, got {variant!r}")
+    return {"plain": 0, "tryon": 1 + latent_channels, "design": 1 + latent_channels + NUM_POSE_MAPS + 1}[variant]
+
 SAMPLERS = ("pndm", "dpmsolver++", "ddim")
 _CONFIG_FILE = "generator_config.json"
 _WEIGHTS_FILE = "generator_adapter.safetensors"
@@ -75,6 +94,9 @@ class GeneratorConfig:
     (classifier-free guidance)."""
     num_queries: int = 32
     """Number of Q-Former queries Q (length of the learned null condition)."""
+    pixel_space: bool = False
+    """Tiny CPU demos/tests: no VAE, the UNet denoises RGB pixels directly (module docstring). The paper
+    configuration keeps False (latent diffusion with the SD VAE)."""
     controlnet_copy: bool = False
     """Trainable copy of the UNet encoder joined by zero cross-attention (paper Figure 3). Not implemented."""
     gradient_checkpointing: bool = False
@@ -120,6 +142,8 @@ class GeneratorConfig:
             raise ValueError("controlnet_copy=True (Figure 3's trainable UNet-encoder copy) is not implemented yet.")
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
+        if self.pixel_space and self.vae is not None:
+            raise ValueError(f"pixel_space=True has no VAE, but vae={self.vae!r} was given")
 
 
 def _resolve_component(path: str, subfolder: str, config_name: str = "config.json") -> tuple[str, str | None]:
@@ -149,7 +173,7 @@ def _tiny_unet(config: GeneratorConfig, in_channels: int) -> UNet2DConditionMode
     return UNet2DConditionModel(
         sample_size=config.sample_size,
         in_channels=in_channels,
-        out_channels=config.latent_channels,
+        out_channels=in_channels,
         block_out_channels=config.block_out_channels,
         layers_per_block=config.layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
@@ -205,49 +229,55 @@ class Generator(nn.Module):
     """Queries -> image: image TSA + UNet2DConditionModel + frozen AutoencoderKL + DDPM training scheduler.
 
     Args:
-        config: the generator configuration.
+        config: the generator configuration, or a mapping of its fields (a config file's `model.generator`).
         query_dim: width H_q of the Q-Former query outputs.
     """
 
-    def __init__(self, config: GeneratorConfig, query_dim: int) -> None:
+    def __init__(self, config: GeneratorConfig | Mapping[str, Any], query_dim: int) -> None:
         super().__init__()
+        if isinstance(config, Mapping):
+            config = GeneratorConfig(**config)
         self.config = config
         self.query_dim = query_dim
-        latent_in = config.latent_channels
-        extra = VARIANT_EXTRA_CHANNELS[config.variant]
+        latent_in = PIXEL_CHANNELS if config.pixel_space else config.latent_channels
 
         unet_src = config.unet or config.pretrained
         if unet_src is not None:
             path, sub = _resolve_component(unet_src, "unet")
             unet = UNet2DConditionModel.from_pretrained(path, subfolder=sub)
+            if config.pixel_space and unet.config.out_channels != PIXEL_CHANNELS:
+                raise ValueError(f"pixel_space=True needs a UNet with {PIXEL_CHANNELS} output channels; "
+                                 f"{unet_src} has {unet.config.out_channels}")
             latent_in = unet.config.out_channels
         else:
             unet = _tiny_unet(config, latent_in)
-        self.unet = widen_conv_in(unet, latent_in + extra)
+        self.unet = widen_conv_in(unet, latent_in + variant_extra_channels(config.variant, latent_in))
 
-        vae_src = config.vae or config.pretrained
-        if vae_src is not None:
-            path, sub = _resolve_component(vae_src, "vae")
-            self.vae = AutoencoderKL.from_pretrained(path, subfolder=sub)
-        else:
-            self.vae = _tiny_vae(config)
-        self.vae.requires_grad_(False)
-        self.vae.eval()
-        if self.vae.config.latent_channels != latent_in:
-            raise ValueError(
-                f"VAE latent channels {self.vae.config.latent_channels} != UNet output channels {latent_in}"
-            )
+        self.vae: AutoencoderKL | None = None
+        if not config.pixel_space:
+            vae_src = config.vae or config.pretrained
+            if vae_src is not None:
+                path, sub = _resolve_component(vae_src, "vae")
+                self.vae = AutoencoderKL.from_pretrained(path, subfolder=sub)
+            else:
+                self.vae = _tiny_vae(config)
+            self.vae.requires_grad_(False)
+            self.vae.eval()
+            if self.vae.config.latent_channels != latent_in:
+                raise ValueError(
+                    f"VAE latent channels {self.vae.config.latent_channels} != UNet output channels {latent_in}"
+                )
 
         if config.pretrained is not None:
             path, sub = _resolve_component(config.pretrained, "scheduler", "scheduler_config.json")
             self.scheduler = DDPMScheduler.from_pretrained(path, subfolder=sub,
                                                            prediction_type=config.prediction_type)
-        else:
+        else:  # SD's scaled-linear betas for latents; DDPM's linear betas for pixels (Ho et al. 2020)
             self.scheduler = DDPMScheduler(
                 num_train_timesteps=config.num_train_timesteps,
-                beta_schedule="scaled_linear",
-                beta_start=0.00085,
-                beta_end=0.012,
+                beta_schedule="linear" if config.pixel_space else "scaled_linear",
+                beta_start=1e-4 if config.pixel_space else 0.00085,
+                beta_end=0.02 if config.pixel_space else 0.012,
                 clip_sample=False,
                 steps_offset=1,
                 prediction_type=config.prediction_type,
@@ -267,16 +297,20 @@ class Generator(nn.Module):
     # ------------------------------------------------------------------ helpers
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell (SD: 8)."""
+        """Pixels per latent cell (SD: 8; pixel space: 1)."""
+        if self.vae is None:
+            return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def latent_channels(self) -> int:
-        return self.vae.config.latent_channels
+        """Channels of the diffused signal (SD latents: 4; pixel space: 3)."""
+        return PIXEL_CHANNELS if self.vae is None else self.vae.config.latent_channels
 
     def train(self, mode: bool = True) -> Generator:
         super().train(mode)
-        self.vae.eval()  # frozen: never in training mode
+        if self.vae is not None:
+            self.vae.eval()  # frozen: never in training mode
         return self
 
     def trainable_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -324,7 +358,9 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def encode_images(self, images: Tensor, sample: bool = True) -> Tensor:
-        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents (B, C, H/f, W/f)."""
+        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents (B, C, H/f, W/f) (pixel space: identity)."""
+        if self.vae is None:
+            return images.to(self.unet.dtype)  # (B, 3, H, W)
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
         latents = dist.sample() if sample else dist.mode()
         return latents * self.vae.config.scaling_factor
@@ -332,6 +368,8 @@ class Generator(nn.Module):
     @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> Tensor:
         """Scaled latents (B, C, h, w) -> images in [0, 1] (B, 3, h*f, w*f)."""
+        if self.vae is None:
+            return (latents.float() / 2 + 0.5).clamp(0, 1)  # pixels in [-1, 1] -> [0, 1]
         images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
@@ -365,7 +403,7 @@ class Generator(nn.Module):
         if mask.dim() != 4 or mask.shape[1] != 1:
             raise ValueError(f"inpaint_mask must be (B, 1, H, W), got {tuple(mask.shape)}")
         masked_person = person * (mask < 0.5)  # (B, 3, H, W), garment region blanked
-        masked_latent = self.encode_images(masked_person, sample=False)  # (B, 4, h, w)
+        masked_latent = self.encode_images(masked_person, sample=False)  # (B, C, h, w)
         parts = [F.interpolate(mask, size=latent_hw), masked_latent]
         if variant == "design":
             pose = conditions["pose_map"].to(person.device, person.dtype)
@@ -444,7 +482,7 @@ class Generator(nn.Module):
         raise ValueError(f"Unknown sampler {sampler!r}; expected one of {SAMPLERS}")
 
     @torch.no_grad()
-    def sample(
+    def sample_latents(
         self,
         query_output: Tensor,
         conditions: dict | None = None,
@@ -456,7 +494,7 @@ class Generator(nn.Module):
         width: int | None = None,
         latents: Tensor | None = None,
     ) -> Tensor:
-        """Generate images from query outputs with classifier-free guidance on the learned null condition.
+        """Denoise latents from query outputs with classifier-free guidance on the learned null condition.
 
         Args:
             query_output: float (B, Q, H_q).
@@ -469,7 +507,7 @@ class Generator(nn.Module):
             latents: optional initial noise (B, C, h, w), overriding the generator.
 
         Returns:
-            images in [0, 1], float (B, 3, H, W).
+            final scaled latents, float32 (B, C, H/f, W/f); `sample` decodes them.
         """
         height = height or self.config.height
         width = width or self.config.width
@@ -501,15 +539,24 @@ class Generator(nn.Module):
                 uncond, condp = pred.chunk(2)
                 pred = uncond + guidance_scale * (condp - uncond)
             latents = scheduler.step(pred, t, latents).prev_sample
-        return self.decode_latents(latents)
+        return latents
+
+    @torch.no_grad()
+    def sample(self, query_output: Tensor, conditions: dict | None = None, **kwargs) -> Tensor:
+        """Generate images in [0, 1], float (B, 3, H, W); arguments as `sample_latents`.
+
+        Paper setting: `sampler="pndm", steps=50`; the fast one: `sampler="dpmsolver++", steps=20`.
+        """
+        return self.decode_latents(self.sample_latents(query_output, conditions, **kwargs))
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Save unet/, vae/, scheduler/ (diffusers format), the adapter weights and the config."""
+        """Save unet/, vae/ (not in pixel space), scheduler/ (diffusers format), the adapter weights and the config."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(d / "unet")
-        self.vae.save_pretrained(d / "vae")
+        if self.vae is not None:
+            self.vae.save_pretrained(d / "vae")
         self.scheduler.save_pretrained(d / "scheduler")
         state = {f"image_adapter.{k}": v for k, v in self.image_adapter.state_dict().items()}
         state["null_condition"] = self.null_condition.data

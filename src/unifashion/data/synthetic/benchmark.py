@@ -125,7 +125,7 @@ def _n_images(spec: ScaleSpec, name: str, seed: int) -> int:
 
 
 def write_benchmark(out: Path, seed: int = 0, scale: Scale = "small",
-                    datasets: Iterable[str] = DATASET_NAMES, progress: bool = True) -> Summary:
+                    datasets: Iterable[str] = DATASET_NAMES, progress: bool = True, workers: int = 2) -> Summary:
     """Write the synthetic benchmark.
 
     Args:
@@ -135,10 +135,13 @@ def write_benchmark(out: Path, seed: int = 0, scale: Scale = "small",
         scale: "tiny", "small" or "medium" (see SCALES).
         datasets: which of "fashiongen", "fashion200k", "fashioniq", "vitonhd" to write.
         progress: show a tqdm progress bar (images, or persons for VITON-HD).
+        workers: processes rendering FashionGen (the bulk); the output bytes do not depend on it.
 
     Returns:
         The Summary (print it).
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
     datasets = tuple(datasets)
@@ -151,7 +154,7 @@ def write_benchmark(out: Path, seed: int = 0, scale: Scale = "small",
     summary = Summary(out=out, seed=seed, scale=scale)
     total = sum(_n_images(spec, d, seed) for d in datasets)
     writers = {
-        "fashiongen": lambda root, cb: fashiongen.write_fashiongen(root, spec.fashiongen, seed, cb),
+        "fashiongen": lambda root, cb: fashiongen.write_fashiongen(root, spec.fashiongen, seed, cb, workers),
         "fashion200k": lambda root, cb: fashion200k.write_fashion200k(root, spec.fashion200k, seed, cb),
         "fashioniq": lambda root, cb: fashioniq.write_fashioniq(root, spec.fashioniq, seed, cb),
         "vitonhd": lambda root, cb: vitonhd.write_vitonhd(root, spec.vitonhd, seed, cb),

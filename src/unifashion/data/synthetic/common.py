@@ -55,7 +55,7 @@ def save_jpeg(img: Image.Image, path: Path, quality: int = 90) -> None:
     img.save(path, format="JPEG", quality=quality, subsampling=0, optimize=False)
 
 
-def save_png(img: Image.Image, path: Path, compress_level: int = 3) -> None:
+def save_png(img: Image.Image, path: Path, compress_level: int = 1) -> None:
     """Write a PNG deterministically (no metadata chunks)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

@@ -12,6 +12,7 @@ product (2-4 views) are contiguous; products are shuffled across sub-categories.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,9 +135,19 @@ def _fixed_bytes(values: list[str]) -> np.ndarray:
     return np.array(encoded, dtype=f"S{width}").reshape(-1, 1)
 
 
-def write_split(root: Path, spec: FashionGenSpec, seed: int, split: str, progress: Progress | None = None
-                ) -> list[dict]:
-    """Write one HDF5 file; returns its sidecar records (one per row)."""
+def _render_product(args: tuple[Garment, int, int, str, int, int]) -> np.ndarray:
+    g, n_views, seed, split, i, size = args
+    views = render_views(g, rng_for(seed, "fashiongen", split, i), n_views, (size, size))
+    return np.stack([np.asarray(v) for v in views])  # (n_views, S, S, 3)
+
+
+def write_split(root: Path, spec: FashionGenSpec, seed: int, split: str, progress: Progress | None = None,
+                workers: int = 1) -> list[dict]:
+    """Write one HDF5 file; returns its sidecar records (one per row).
+
+    Rendering runs in `workers` processes (each product has its own seeded generator, so the
+    bytes do not depend on `workers`).
+    """
     products = plan(spec, seed, split)
     n = sum(p.n_views for p in products)
     size = spec.image_size
@@ -159,22 +170,30 @@ def write_split(root: Path, spec: FashionGenSpec, seed: int, split: str, progres
         f.create_dataset("index_2", data=ordinal, track_times=False)
         row = 0
         buf: list[np.ndarray] = []
-        for i, p in enumerate(products):
-            views = render_views(p.garment, rng_for(seed, "fashiongen", split, i), p.n_views, (size, size))
-            for v, img in enumerate(views):
-                buf.append(np.asarray(img))
-                records.append(record("fashiongen", split, f"{path.name}#{row + len(buf) - 1}", p.garment, v,
-                                      row=row + len(buf) - 1))
-            if len(buf) >= 64 or i == len(products) - 1:
-                images[row:row + len(buf)] = np.stack(buf)  # (b, S, S, 3)
-                row += len(buf)
-                if progress:
-                    progress(len(buf))
-                buf = []
+        jobs = [(p.garment, p.n_views, seed, split, i, size) for i, p in enumerate(products)]
+        pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+        try:
+            rendered = pool.imap(_render_product, jobs, chunksize=4) if pool else map(_render_product, jobs)
+            for i, (p, views) in enumerate(zip(products, rendered)):
+                for v in range(p.n_views):
+                    records.append(record("fashiongen", split, f"{path.name}#{row + len(buf)}", p.garment, v,
+                                          row=row + len(buf)))
+                    buf.append(views[v])
+                if len(buf) >= 64 or i == len(products) - 1:
+                    images[row:row + len(buf)] = np.stack(buf)  # (b, S, S, 3)
+                    row += len(buf)
+                    if progress:
+                        progress(len(buf))
+                    buf = []
+        finally:
+            if pool:
+                pool.close()
+                pool.join()
     return records
 
 
-def write_fashiongen(root: Path, spec: FashionGenSpec, seed: int = 0, progress: Progress | None = None) -> dict:
+def write_fashiongen(root: Path, spec: FashionGenSpec, seed: int = 0, progress: Progress | None = None,
+                     workers: int = 1) -> dict:
     """Write both HDF5 files and the sidecar under `root`.
 
     Args:
@@ -182,6 +201,7 @@ def write_fashiongen(root: Path, spec: FashionGenSpec, seed: int = 0, progress: 
         spec: sizes.
         seed: generation seed.
         progress: called with the number of rows written after each batch.
+        workers: rendering processes (output bytes do not depend on it).
 
     Returns:
         Counts: {"<split>/images", "<split>/products", "<split>/<SUBCATEGORY>" (products)}.
@@ -191,7 +211,7 @@ def write_fashiongen(root: Path, spec: FashionGenSpec, seed: int = 0, progress: 
     records: list[dict] = []
     counts: dict[str, int] = {}
     for split in SPLITS:
-        recs = write_split(root, spec, seed, split, progress)
+        recs = write_split(root, spec, seed, split, progress, workers)
         records += recs
         products = plan(spec, seed, split)
         counts[f"{split}/images"] = len(recs)

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from unifashion.data.synthetic.attributes import COLOURS, Garment
 from unifashion.data.synthetic.render import (
     ARMPIT_Y,
+    FIT_WIDTH,
     HIP_Y,
     NECK_Y,
     Frame,
@@ -87,10 +88,10 @@ def person_frame(person: Person, height: int, width: int) -> Frame:
     return Frame.scaled(s, width / 2 - (0.5 - person.shift) * s, 0.01 * height)
 
 
-def _arm(side: int, angle: float) -> tuple[list[tuple[float, float]], tuple[float, float]]:
-    m, d, n = sleeve_axis(side, 1.0, angle)
+def _arm(side: int, angle: float, fit: float) -> tuple[list[tuple[float, float]], tuple[float, float]]:
+    m, d, n = sleeve_axis(side, fit, angle)
     length = 0.40
-    w0, w1 = 0.04, 0.03
+    w0, w1 = 0.034, 0.026
     e = (m[0] + d[0] * length, m[1] + d[1] * length)
     poly = [(m[0] + n[0] * w0, m[1] + n[1] * w0), (e[0] + n[0] * w1, e[1] + n[1] * w1),
             (e[0] - n[0] * w1, e[1] - n[1] * w1), (m[0] - n[0] * w0, m[1] - n[1] * w0)]
@@ -136,13 +137,16 @@ def garment_on_person(g: Garment, person: Person, height: int, width: int) -> np
     return garment_index(g, frame, height, width, Pose(sleeve_angle=person.arm_angle, leg_spread=0.0))
 
 
-def keypoints(person: Person, height: int, width: int, confidence: np.ndarray) -> np.ndarray:
-    """BODY_25 keypoints (25, 3) in pixels; joints outside the image are (0, 0, 0)."""
+def keypoints(person: Person, height: int, width: int, confidence: np.ndarray, fit: float = 1.0) -> np.ndarray:
+    """BODY_25 keypoints (25, 3) in pixels; joints outside the image are (0, 0, 0).
+
+    `fit` is the worn garment's width multiplier: the arms run along its sleeve axes.
+    """
     frame = person_frame(person, height, width)
     kp: dict[int, tuple[float, float]] = {0: (0.5, 0.105), 1: (0.5, NECK_Y + 0.01), 8: (0.5, HIP_Y + 0.01),
                                           15: (0.478, 0.09), 16: (0.522, 0.09), 17: (0.445, 0.1), 18: (0.555, 0.1)}
     for side, (sh, el, wr) in ((-1, (2, 3, 4)), (1, (5, 6, 7))):
-        m, d, _ = sleeve_axis(side, 1.0, person.arm_angle)
+        m, d, _ = sleeve_axis(side, fit, person.arm_angle)
         kp[sh] = (0.5 + side * 0.135, 0.21)
         kp[el] = (m[0] + d[0] * 0.19, m[1] + d[1] * 0.19)
         kp[wr] = (m[0] + d[0] * 0.39, m[1] + d[1] * 0.39)
@@ -186,7 +190,7 @@ def render_person(g: Garment, person: Person, height: int = 256, width: int = 19
     pd.polygon(frame.px([(0.47, 0.12), (0.53, 0.12), (0.55, NECK_Y + 0.02), (0.62, ARMPIT_Y), (0.61, 0.47),
                          (0.39, 0.47), (0.38, ARMPIT_Y), (0.45, NECK_Y + 0.02)]), fill=10)  # neck and torso skin
     for side, label in ((-1, 15), (1, 14)):
-        arm, hand = _arm(side, person.arm_angle)
+        arm, hand = _arm(side, person.arm_angle, FIT_WIDTH[g.fit])  # arms inside the sleeves
         pd.polygon(frame.px(arm), fill=label)
         pd.polygon(frame.px(ellipse_points([(hand[0] - 0.03, hand[1] - 0.03), (hand[0] + 0.03, hand[1] + 0.035)], 12)),
                    fill=label)
@@ -216,7 +220,7 @@ def render_person(g: Garment, person: Person, height: int = 256, width: int = 19
         d.ellipse([x - eye, y - eye, x + eye, y + eye], fill=(40, 30, 30))
     conf = np.full(25, 0.9) if confidence is None else confidence
     detail = (idx == 3) & on_garment
-    return PersonRender(img, labels, detail, keypoints(person, height, width, conf))
+    return PersonRender(img, labels, detail, keypoints(person, height, width, conf, FIT_WIDTH[g.fit]))
 
 
 BODY25_LIMBS = ((1, 0), (1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (10, 11),

@@ -1,0 +1,114 @@
+"""The captioning stage of `make demo`: phase1_captioning on the synthetic FashionGen pairs.
+
+Starting from the tiny retrieval checkpoint (its Q-Former is frozen in this phase), the stage
+evaluates the untrained captioner (keys prefixed ``baseline/``), trains the text TSA + LoRA with
+the ITG loss (eq. 6) on lightning_configs/tiny/phase1_captioning.yaml, evaluates again
+(``fic/fashiongen/BLEU-4`` ... ``CIDEr``, DATASETS.md 6.2), and prints a few captions beside their
+references. The same configuration runs with ``unifashion fit --config ...``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unifashion.eval.captioning import METRICS
+
+CONFIG_NAME = "phase1_captioning.yaml"
+EVAL_ITEMS = 200
+"""Validation products captioned by the demo's evaluations (one caption per product)."""
+
+BASELINE_METRICS = tuple(m for m in METRICS if m != "METEOR")
+"""The untrained captioner's metrics: METEOR's Java start (~10-30 s) is kept for the trained one only."""
+
+NUM_EXAMPLES = 3
+
+
+def resolved_config(template: Path, data: Path, out: Path) -> Path:
+    """Writes `template` with the caption tokenizer pointed at `data`'s tiny LLM tokenizer to `out`.
+
+    The module types ``model.captioner`` loosely (``class_path`` + ``init_args``), so a command-line
+    override of one of its fields does not merge; the stage writes the resolved file instead (it
+    stays next to the run as a record of what was trained).
+    """
+    cfg = yaml.safe_load(template.read_text())
+    try:
+        init_args = cfg["model"]["captioner"]["init_args"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{template}: expected model.captioner.init_args (a CaptionerConfig block)") from None
+    tokenizer = data / "tokenizers" / "llm"
+    if not tokenizer.is_dir():
+        raise FileNotFoundError(f"tiny LLM tokenizer not found: {tokenizer} (run `unifashion data synth`)")
+    init_args["tokenizer"] = str(tokenizer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def print_examples(examples: list[tuple[str, str]], n: int = NUM_EXAMPLES) -> None:
+    """Prints `n` (prediction, reference) pairs one above the other."""
+    for i, (pred, ref) in enumerate(examples[:n]):
+        print(f"  [{i}] generated: {pred}\n      reference: {ref}")
+
+
+def captioning_stage(
+    data: Path,
+    run_dir: Path,
+    retrieval_ckpt: Path,
+    timer: Any,
+    build_cli: Callable[..., Any],
+    config: Callable[[str], Path],
+    eval_items: int = EVAL_ITEMS,
+    extra: list[str] | None = None,
+) -> dict[str, float]:
+    """Runs the captioning stage and returns its metrics (stage times go to ``timer``).
+
+    Args:
+        data: the synthetic benchmark root (fashiongen/, tokenizers/).
+        run_dir: the demo's run directory; the stage writes to ``run_dir/captioning``.
+        retrieval_ckpt: the phase1_retrieval checkpoint whose encoder the captioner reads.
+        timer: ``demo.Timer`` (``timer.run(stage, fn)`` times ``fn``).
+        build_cli: ``demo.build_cli`` (LightningCLI on a config, not run).
+        config: ``demo._config`` (tiny config name -> path).
+        eval_items: validation products captioned by each evaluation.
+        extra: further LightningCLI arguments (e.g. ``--trainer.max_steps 10``).
+
+    Returns:
+        ``baseline/fic/fashiongen/<metric>`` (untrained) and ``fic/fashiongen/<metric>`` (trained).
+
+    Raises:
+        FileNotFoundError: the retrieval checkpoint or the tiny tokenizer is missing.
+    """
+    from unifashion.evaluate_tasks import run_fic
+
+    retrieval_ckpt = Path(retrieval_ckpt)
+    if not retrieval_ckpt.is_file():
+        raise FileNotFoundError(
+            f"retrieval checkpoint not found: {retrieval_ckpt} (run the demo's retrieval stage first)"
+        )
+    stage_dir = Path(run_dir) / "captioning"
+    cfg_path = resolved_config(config(CONFIG_NAME), Path(data), stage_dir / CONFIG_NAME)
+    args = ["--data.init_args.root", str(Path(data) / "fashiongen"), "--model.init_from", str(retrieval_ckpt),
+            *(extra or [])]
+    cli = build_cli(cfg_path, stage_dir, Path(data), args)
+    model = cli.model
+
+    metrics: dict[str, float] = {}
+    baseline: list[tuple[str, str]] = []
+    metrics |= timer.run("eval_baseline_fic", lambda: run_fic(
+        model, data, prefix="baseline/", max_items=eval_items, metrics=BASELINE_METRICS, examples=baseline))
+    print("untrained captioner:")
+    print_examples(baseline, 1)
+    timer.run("train_captioning", lambda: cli.trainer.fit(model, cli.datamodule))
+    examples: list[tuple[str, str]] = []
+    metrics |= timer.run("eval_fic", lambda: run_fic(model, data, max_items=eval_items, examples=examples))
+    print("trained captioner:")
+    print_examples(examples)
+    for key in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+        name = f"fic/fashiongen/{key}"
+        if name in metrics:
+            print(f"  {name}: {metrics.get('baseline/' + name, float('nan')):.1f} -> {metrics[name]:.1f}")
+    return metrics
