@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from unifashion.eval.report import format_table, update_metrics_json
+from unifashion.eval.report import PAPER_NUMBERS, format_table, update_metrics_json
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "lightning_configs" / "tiny"
 STAGES = ("data", "retrieval", "captioning", "generation")
@@ -103,6 +103,6 @@ def run_demo(args) -> int:
 
     timer.times["time/demo_total_s"] = round(time.perf_counter() - wall, 2)
     update_metrics_json(metrics_path, metrics | timer.times)
-    print("\n" + format_table(metrics | timer.times, paper=True))
+    print("\n" + format_table(metrics | timer.times, paper=PAPER_NUMBERS))
     print(f"\nmetrics: {metrics_path}")
     return 0
