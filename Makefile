@@ -11,8 +11,8 @@ export PYTHONUNBUFFERED := 1
 
 SYNTH ?= data/synthetic
 SCALE ?= small
-CKPT ?= runs/demo/retrieval/checkpoints/last.ckpt
-RUN_DIR ?= $(dir $(patsubst %/,%,$(dir $(CKPT))))
+CKPT ?= runs/demo/retrieval.ckpt
+RUN_DIR ?= $(dir $(CKPT))
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow test-all lint format demo data bench eval-all clean

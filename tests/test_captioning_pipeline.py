@@ -14,7 +14,6 @@ from PIL import Image
 
 from unifashion.cli import main
 from unifashion.data.fashiongen import FashionGenDataModule
-from unifashion.demo_captioning import resolved_config
 from unifashion.eval.captioning import caption_metrics
 from unifashion.evaluate_tasks import run_fic
 from unifashion.models.captioner import CaptionerConfig
@@ -162,14 +161,3 @@ def test_caption_command_rejects_empty_folder(trained, tmp_path):
         main(["caption", "--ckpt", str(ckpt), "--images", str(tmp_path), "--out", str(tmp_path / "c.json")])
 
 
-def test_resolved_config_points_at_data(tmp_path):
-    template = Path(__file__).resolve().parents[1] / "lightning_configs" / "tiny" / "phase1_captioning.yaml"
-    data = tmp_path / "synthetic"
-    with pytest.raises(FileNotFoundError, match="tokenizers"):
-        resolved_config(template, data, tmp_path / "cfg.yaml")
-    (data / "tokenizers" / "llm").mkdir(parents=True)
-    import yaml
-
-    cfg = yaml.safe_load(resolved_config(template, data, tmp_path / "cfg.yaml").read_text())
-    assert cfg["model"]["captioner"]["init_args"]["tokenizer"] == str(data / "tokenizers" / "llm")
-    assert cfg["model"]["phase"] == "phase1_captioning"

@@ -52,7 +52,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("task", choices=("cmr", "fic", "fig", "all"))
     ev.add_argument("--ckpt", required=True)
     ev.add_argument("--data", required=True, help="synthetic root (with fashiongen/ ...) or a dataset root")
-    ev.add_argument("--run-dir", default=None, help="where metrics.json goes (default: next to the ckpt)")
+    ev.add_argument("--run-dir", default=None, help="where metrics.json goes (default: the checkpoint's folder)")
     ev.add_argument("--protocols", nargs="+", default=["full", "sample100"])
     ev.add_argument("--rerank-k", type=int, default=0, help="ITM re-ranking of the ITC top-k (0: off)")
     ev.add_argument("--seed", type=int, default=0)

@@ -92,7 +92,7 @@ def run_cmr(model, data_root, *, protocols=("full", "sample100"), rerank_k=0, se
 
 def eval_command(args) -> int:
     model = load_module(args.ckpt)
-    run_dir = Path(args.run_dir) if args.run_dir else Path(args.ckpt).resolve().parent.parent
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.ckpt).resolve().parent
     metrics: dict[str, float] = {}
     tasks = ("cmr", "fic", "fig") if args.task == "all" else (args.task,)
     for task in tasks:

@@ -11,6 +11,7 @@ The same configs run with `unifashion fit --config ...`; this file only chains t
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,13 +81,15 @@ def run_demo(args) -> int:
             timer.run("data", lambda: synth_command(SimpleNamespace(out=str(data), seed=0, scale=args.scale,
                                                                     datasets=None)))
 
-    retrieval_ckpt = run_dir / "retrieval" / "checkpoints" / "last.ckpt"
+    retrieval_ckpt = run_dir / "retrieval.ckpt"  # a stable copy of the stage's last checkpoint
     if "retrieval" in stages:
         cli = build_cli(_config("phase1_retrieval.yaml"), run_dir / "retrieval", data,
                         ["--data.init_args.root", str(data / "fashiongen")])
         metrics |= timer.run("eval_baseline_cmr", lambda: run_cmr(cli.model, data, prefix="baseline/"))
         timer.run("train_retrieval", lambda: cli.trainer.fit(cli.model, cli.datamodule))
         metrics |= timer.run("eval_cmr", lambda: run_cmr(cli.model, data))
+        shutil.copyfile(cli.trainer.checkpoint_callback.last_model_path, retrieval_ckpt)
+        print(f"retrieval checkpoint: {retrieval_ckpt}")
         update_metrics_json(metrics_path, metrics | timer.times)
 
     if "captioning" in stages:

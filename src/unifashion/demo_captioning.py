@@ -9,43 +9,24 @@ references. The same configuration runs with ``unifashion fit --config ...``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from unifashion.eval.captioning import METRICS
 
 CONFIG_NAME = "phase1_captioning.yaml"
-EVAL_ITEMS = 200
-"""Validation products captioned by the demo's evaluations (one caption per product)."""
+EVAL_ITEMS = 100
+"""Validation products captioned by the demo's evaluations (one caption per product, same set twice)."""
+
+MAX_NEW_TOKENS = 40
+"""Longest generated caption (the synthetic descriptions are at most 38 tiny-BPE tokens + </s>)."""
 
 BASELINE_METRICS = tuple(m for m in METRICS if m != "METEOR")
 """The untrained captioner's metrics: METEOR's Java start (~10-30 s) is kept for the trained one only."""
 
 NUM_EXAMPLES = 3
-
-
-def resolved_config(template: Path, data: Path, out: Path) -> Path:
-    """Writes `template` with the caption tokenizer pointed at `data`'s tiny LLM tokenizer to `out`.
-
-    The module types ``model.captioner`` loosely (``class_path`` + ``init_args``), so a command-line
-    override of one of its fields does not merge; the stage writes the resolved file instead (it
-    stays next to the run as a record of what was trained).
-    """
-    cfg = yaml.safe_load(template.read_text())
-    try:
-        init_args = cfg["model"]["captioner"]["init_args"]
-    except (KeyError, TypeError):
-        raise ValueError(f"{template}: expected model.captioner.init_args (a CaptionerConfig block)") from None
-    tokenizer = data / "tokenizers" / "llm"
-    if not tokenizer.is_dir():
-        raise FileNotFoundError(f"tiny LLM tokenizer not found: {tokenizer} (run `unifashion data synth`)")
-    init_args["tokenizer"] = str(tokenizer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return out
 
 
 def print_examples(examples: list[tuple[str, str]], n: int = NUM_EXAMPLES) -> None:
@@ -84,29 +65,33 @@ def captioning_stage(
     """
     from unifashion.evaluate_tasks import run_fic
 
-    retrieval_ckpt = Path(retrieval_ckpt)
+    retrieval_ckpt, data = Path(retrieval_ckpt), Path(data)
     if not retrieval_ckpt.is_file():
-        raise FileNotFoundError(
-            f"retrieval checkpoint not found: {retrieval_ckpt} (run the demo's retrieval stage first)"
-        )
+        raise FileNotFoundError(f"retrieval checkpoint not found: {retrieval_ckpt}; run the retrieval stage first")
+    tokenizer = data / "tokenizers" / "llm"
+    if not tokenizer.is_dir():
+        raise FileNotFoundError(f"tiny LLM tokenizer not found: {tokenizer} (run `unifashion data synth`)")
     stage_dir = Path(run_dir) / "captioning"
-    cfg_path = resolved_config(config(CONFIG_NAME), Path(data), stage_dir / CONFIG_NAME)
-    args = ["--data.init_args.root", str(Path(data) / "fashiongen"), "--model.init_from", str(retrieval_ckpt),
-            *(extra or [])]
-    cli = build_cli(cfg_path, stage_dir, Path(data), args)
+    args = ["--data.init_args.root", str(data / "fashiongen"), "--model.init_from", str(retrieval_ckpt),
+            "--model.captioner.tokenizer", str(tokenizer), *(extra or [])]
+    cli = build_cli(config(CONFIG_NAME), stage_dir, data, args)
     model = cli.model
 
     metrics: dict[str, float] = {}
     baseline: list[tuple[str, str]] = []
     metrics |= timer.run("eval_baseline_fic", lambda: run_fic(
-        model, data, prefix="baseline/", max_items=eval_items, metrics=BASELINE_METRICS, examples=baseline))
+        model, data, prefix="baseline/", max_items=eval_items, max_new_tokens=MAX_NEW_TOKENS,
+        metrics=BASELINE_METRICS, examples=baseline))
     print("untrained captioner:")
     print_examples(baseline, 1)
     timer.run("train_captioning", lambda: cli.trainer.fit(model, cli.datamodule))
     examples: list[tuple[str, str]] = []
-    metrics |= timer.run("eval_fic", lambda: run_fic(model, data, max_items=eval_items, examples=examples))
+    metrics |= timer.run("eval_fic", lambda: run_fic(
+        model, data, max_items=eval_items, max_new_tokens=MAX_NEW_TOKENS, examples=examples))
     print("trained captioner:")
     print_examples(examples)
+    (stage_dir / "examples.json").write_text(json.dumps(
+        [{"generated": p, "reference": r} for p, r in examples], indent=1, ensure_ascii=False))
     for key in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
         name = f"fic/fashiongen/{key}"
         if name in metrics:

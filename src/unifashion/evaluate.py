@@ -52,8 +52,9 @@ def _itm_fn(encoder: MultimodalEncoder, split: RetrievalSplit) -> Callable[[torc
 
     @torch.no_grad()
     def fn(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
-        pixels = torch.stack([split.images[int(i)]["image"] for i in image_idx]).to(device)
-        vision = encoder.encode_vision(pixels)  # (P, patches, Hv)
+        unique, inverse = torch.unique(image_idx, return_inverse=True)  # each image through the ViT once
+        pixels = torch.stack([split.images[int(i)]["image"] for i in unique]).to(device)
+        vision = encoder.encode_vision(pixels)[inverse.to(device)]  # (P, patches, Hv)
         tok = encoder.tokenize([split.texts[int(t)] for t in text_idx])
         return encoder.itm_logits(vision, tok["input_ids"], tok["attention_mask"])[:, 1]  # (P,)
 

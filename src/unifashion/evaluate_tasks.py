@@ -4,6 +4,7 @@ generate commands. Protocols: DATASETS.md 6.2 (captioning), 6.5-6.6 (generation)
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from PIL import Image
 from unifashion.data.transforms import ImageTransform, denormalize
 from unifashion.eval.captioning import caption_metrics, metric_keys
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -149,8 +151,7 @@ def run_fig(model, data_root, out_dir, *, prefix: str = "", max_items: int | Non
     """FashionGen generation from queries: FID/KID (proxy features unless Inception is available) of
     generated vs real validation images and, on the synthetic benchmark, the colour accuracy against
     the attribute ground truth. Writes the images to `out_dir/unpaired/` and an optional PNG grid."""
-    from unifashion.data.synthetic.attributes import COLOURS
-    from unifashion.eval.generation import FidKid, colour_accuracy, write_generated
+    from unifashion.eval.generation import FidKid, write_generated
 
     split = _fashiongen_split(model, data_root)
     pairs = first_image_per_product(split, max_items)
@@ -175,11 +176,28 @@ def run_fig(model, data_root, out_dir, *, prefix: str = "", max_items: int | Non
     metrics = fid.compute()
     fake_all, real_all = torch.cat(fakes), torch.cat(reals)
     if colours is not None:
-        metrics["fig/fashiongen/queries/colour_acc"] = colour_accuracy(fake_all, requested, COLOURS)
-        metrics["fig/fashiongen/real/colour_acc"] = colour_accuracy(real_all, requested, COLOURS)
+        metrics["fig/fashiongen/queries/colour_acc"] = _colour_accuracy(fake_all, requested, "generated")
+        metrics["fig/fashiongen/real/colour_acc"] = _colour_accuracy(real_all, requested, "real")
     if grid_path is not None:
         save_grid(real_all[:8], fake_all[:8], grid_path)
     return {prefix + k: v for k, v in metrics.items()}
+
+
+def _colour_accuracy(images: torch.Tensor, requested: list[str], what: str) -> float:
+    """Colour accuracy (0-100) in which an image without foreground (uniform) counts as a miss (logged)."""
+    from unifashion.data.synthetic.attributes import COLOURS
+    from unifashion.eval.generation import colour_accuracy, foreground_mask
+
+    has_fg = [bool(foreground_mask(img.permute(1, 2, 0).numpy().astype("float64") * 255).any()) for img in images]
+    if not any(has_fg):
+        log.warning("colour accuracy: all %d %s images are uniform (no garment): 0%%", len(images), what)
+        return 0.0
+    if not all(has_fg):
+        log.warning("colour accuracy: %d of %d %s images are uniform (no garment): counted as misses",
+                    has_fg.count(False), len(images), what)
+    keep = [i for i, ok in enumerate(has_fg) if ok]
+    acc = colour_accuracy(images[keep], [requested[i] for i in keep], COLOURS)
+    return acc * len(keep) / len(images)
 
 
 def save_grid(top: torch.Tensor, bottom: torch.Tensor, path) -> Path:

@@ -20,7 +20,9 @@ from unifashion.data.batch import PAIRS, TRYON
 from unifashion.data.transforms import denormalize
 from unifashion.losses.contrastive import ItcLoss
 from unifashion.losses.matching import ItmLoss
+from unifashion.models.captioner import Captioner, CaptionerConfig
 from unifashion.models.encoder import EncoderConfig, MultimodalEncoder
+from unifashion.models.generator import Generator, GeneratorConfig
 from unifashion.optim import OptimizerConfig, build_optimizer
 from unifashion.phases import PhaseName, apply_freeze_policy, get_phase, resolve_loss_weights
 
@@ -48,8 +50,8 @@ class UniFashionModule(L.LightningModule):
     def __init__(
         self,
         encoder: EncoderConfig,
-        captioner: Any = None,
-        generator: Any = None,
+        captioner: CaptionerConfig | None = None,
+        generator: GeneratorConfig | None = None,
         phase: PhaseName = "phase1_retrieval",
         loss_weights: dict[str, float] | None = None,
         optimizer: OptimizerConfig | None = None,
@@ -71,12 +73,8 @@ class UniFashionModule(L.LightningModule):
         self.generator = None
         qdim = self.encoder.model.config.qformer_config.hidden_size  # H_q
         if captioner is not None:
-            from unifashion.models.captioner import Captioner
-
             self.captioner = Captioner(captioner, query_dim=qdim, num_queries=self.encoder.num_query_tokens)
         if generator is not None:
-            from unifashion.models.generator import Generator
-
             self.generator = Generator(generator, query_dim=qdim)
         for need in self.phase.needs:
             if getattr(self, need) is None:

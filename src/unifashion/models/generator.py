@@ -112,6 +112,10 @@ class GeneratorConfig:
     """UNet latent sample size (config only)."""
     block_out_channels: tuple[int, ...] = (32, 64)
     """UNet block widths; SD-1.4: (320, 640, 1280, 1280). All but the last block have cross-attention."""
+    attention_from_block: int = 0
+    """Index of the first UNet down block with (cross-)attention (config only; SD-1.4: 0). Earlier,
+    high-resolution blocks are plain ResNet blocks: self-attention over every pixel of a pixel-space UNet
+    is what makes CPU training slow. The mid block always has cross-attention."""
     layers_per_block: int = 1
     """UNet resnet layers per block (SD-1.4: 2)."""
     cross_attention_dim: int = 32
@@ -142,6 +146,9 @@ class GeneratorConfig:
             raise ValueError("controlnet_copy=True (Figure 3's trainable UNet-encoder copy) is not implemented yet.")
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
+        if not 0 <= self.attention_from_block < len(self.block_out_channels):
+            raise ValueError(f"attention_from_block must index block_out_channels {self.block_out_channels}, "
+                             f"got {self.attention_from_block}")
         if self.pixel_space and self.vae is not None:
             raise ValueError(f"pixel_space=True has no VAE, but vae={self.vae!r} was given")
 
@@ -170,14 +177,17 @@ def _resolve_component(path: str, subfolder: str, config_name: str = "config.jso
 
 def _tiny_unet(config: GeneratorConfig, in_channels: int) -> UNet2DConditionModel:
     n = len(config.block_out_channels)
+    attn = [config.attention_from_block <= i < n - 1 for i in range(n)]  # the last block never attends
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn))
     return UNet2DConditionModel(
         sample_size=config.sample_size,
         in_channels=in_channels,
         out_channels=in_channels,
         block_out_channels=config.block_out_channels,
         layers_per_block=config.layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        down_block_types=down,
+        up_block_types=up,
         cross_attention_dim=config.cross_attention_dim,
         attention_head_dim=config.attention_head_dim,
         norm_num_groups=config.norm_num_groups,
