@@ -69,6 +69,12 @@ def test_freeze_vision_follows_config(setup_dirs):
     assert all(p.requires_grad for p in trained.encoder.model.vision_model.parameters())
 
 
+def test_unimplemented_phase_is_a_clear_error(setup_dirs):
+    _, tok = setup_dirs
+    with pytest.raises(NotImplementedError, match="cir_itc_img"):
+        UniFashionModule(tiny_encoder_config(tok), phase="phase2_composed")
+
+
 def test_phase_needs_its_submodules(setup_dirs):
     _, tok = setup_dirs
     with pytest.raises(ValueError, match="captioner"):

@@ -13,6 +13,7 @@ checkpoint's tokenizer takes.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -45,10 +46,32 @@ def _save_and_reload(fast: PreTrainedTokenizerFast, out_dir: str | Path) -> PreT
     return AutoTokenizer.from_pretrained(str(out))
 
 
+def _wordpiece_vocab(corpus: list[str], normalizer, pre_tokenizer, vocab_size: int) -> dict[str, int]:
+    """A deterministic WordPiece vocabulary: special tokens, every character (alone and as a `##`
+    continuation, so any word of the alphabet encodes), then whole words by falling count (ties by
+    spelling) up to `vocab_size`.
+
+    The `tokenizers` WordPieceTrainer breaks ties between equally frequent merges in hash order, so
+    two runs on the same captions gave different vocabularies; this keeps `make demo` reproducible.
+    """
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    alphabet = sorted({c for w in counts for c in w})
+    tokens = list(WORDPIECE_SPECIAL_TOKENS) + alphabet + [f"##{c}" for c in alphabet]
+    if len(tokens) > vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} is below the {len(tokens)} special + character tokens")
+    seen = set(tokens)
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in seen]
+    tokens += words[: vocab_size - len(tokens)]
+    return {t: i for i, t in enumerate(tokens)}
+
+
 def train_wordpiece_tokenizer(
     texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2000, model_max_length: int = 512
 ) -> PreTrainedTokenizerFast:
-    """Train a BERT-style lower-case WordPiece tokenizer and save it as an HF tokenizer directory.
+    """Build a BERT-style lower-case WordPiece tokenizer from a corpus and save it as an HF tokenizer
+    directory (the vocabulary: `_wordpiece_vocab`, deterministic).
 
     Args:
         texts: training corpus (captions).
@@ -61,15 +84,14 @@ def train_wordpiece_tokenizer(
         `bos_token` is `[DEC]` (the decoder start token of BLIP-2's ITG).
     """
     corpus = _materialise(texts)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
     )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIAL_TOKENS), continuing_subword_prefix="##"
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    vocab = _wordpiece_vocab(corpus, normalizer, pre_tokenizer, vocab_size)
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
