@@ -94,7 +94,7 @@ def test_fit_checkpoint_reload_and_eval(setup_dirs, tmp_path):
     moved = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
     assert any(k.startswith("encoder.model.qformer") for k in moved)
     assert "encoder.temp" in moved
-    assert torch.isfinite(torch.tensor(trainer.logged_metrics["train/loss_itc_step"]))
+    assert torch.isfinite(trainer.logged_metrics["train/loss_itc_step"])
     assert "train/loss_itm_step" in trainer.logged_metrics
 
     ckpt = tmp_path / "m.ckpt"

@@ -54,6 +54,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--data", required=True, help="synthetic root (with fashiongen/ ...) or a dataset root")
     ev.add_argument("--run-dir", default=None, help="where metrics.json goes (default: the checkpoint's folder)")
     ev.add_argument("--protocols", nargs="+", default=["full", "sample100"])
+    ev.add_argument("--num-queries", type=int, default=1000, help="sample100: queries per direction and repeat")
+    ev.add_argument("--num-negatives", type=int, default=100, help="sample100: same-sub-category negatives")
     ev.add_argument("--rerank-k", type=int, default=0, help="ITM re-ranking of the ITC top-k (0: off)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=128)

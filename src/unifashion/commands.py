@@ -77,7 +77,7 @@ def fashiongen_datamodule(root: str | Path, image_size: int, batch_size: int = 1
 
 
 def run_cmr(model, data_root, *, protocols=("full", "sample100"), rerank_k=0, seed=0, prefix="",
-            batch_size=128, max_items=None) -> dict[str, float]:
+            batch_size=128, num_queries=1000, num_negatives=100) -> dict[str, float]:
     """FashionGen cross-modal retrieval metrics of a module (flat keys, optional prefix)."""
     from unifashion.eval.retrieval import RetrievalEvalConfig
     from unifashion.evaluate import evaluate_cmr
@@ -85,7 +85,8 @@ def run_cmr(model, data_root, *, protocols=("full", "sample100"), rerank_k=0, se
     dm = fashiongen_datamodule(data_root, model.encoder.config.image_size, batch_size)
     split = dm.retrieval_split("validation")
     config = RetrievalEvalConfig(full="full" in protocols, sample100="sample100" in protocols,
-                                 block100="block100" in protocols, seed=seed)
+                                 block100="block100" in protocols, seed=seed, num_queries=num_queries,
+                                 num_negatives=num_negatives)
     metrics = evaluate_cmr(model.encoder, split, config=config, rerank_k=rerank_k, batch_size=batch_size)
     return {prefix + k: v for k, v in metrics.items()}
 
@@ -99,7 +100,8 @@ def eval_command(args) -> int:
         start = time.perf_counter()
         if task == "cmr":
             metrics |= run_cmr(model, args.data, protocols=args.protocols, rerank_k=args.rerank_k,
-                               seed=args.seed, prefix=args.prefix, batch_size=args.batch_size)
+                               seed=args.seed, prefix=args.prefix, batch_size=args.batch_size,
+                               num_queries=args.num_queries, num_negatives=args.num_negatives)
         elif task == "fic":
             if model.captioner is None:
                 print("fic: skipped (this checkpoint has no captioner)")
