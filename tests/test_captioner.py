@@ -72,15 +72,6 @@ def _perturb_lora(model, seed=0):
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models here are tiny: one thread avoids OpenMP contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bpe_model(tmp_path_factory):
     torch.manual_seed(0)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from fixtures_data import FG_VAL, write_fashiongen
 from PIL import Image
+from tiny import tiny_encoder_config
 
 from unifashion.cli import main
 from unifashion.data.fashiongen import FashionGenDataModule
@@ -29,12 +30,7 @@ CORPUS = ["CafÃ© cotton shirt.", "Striped shirt", "Blue jeans", "Linen shirt naÃ
 
 
 def encoder_config(tok: Path) -> EncoderConfig:
-    return EncoderConfig(
-        tokenizer=str(tok), image_size=16, patch_size=8, vision_hidden_size=32, vision_layers=1, vision_heads=2,
-        vision_intermediate_size=64, qformer_hidden_size=32, qformer_layers=1, qformer_heads=2,
-        qformer_intermediate_size=64, num_query_tokens=4, cross_attention_frequency=1, embed_dim=16,
-        max_text_length=16,
-    )
+    return tiny_encoder_config(tok, freeze_vision=True)
 
 
 def captioner_config(tok: Path) -> CaptionerConfig:

@@ -28,13 +28,6 @@ PALETTE = {"red": (220, 30, 30), "blue": (30, 60, 200), "green": (40, 160, 60), 
            "white": (250, 250, 250)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _naive_fid(f1: np.ndarray, f2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), via symmetric eigendecompositions."""

@@ -14,6 +14,7 @@ import torch
 from fixtures_data import FG_VAL, write_fashiongen
 from fixtures_vitonhd import write_vitonhd
 from PIL import Image
+from tiny import tiny_encoder_config
 
 from unifashion.cli import main
 from unifashion.commands import load_module
@@ -34,12 +35,7 @@ GEN = dict(pixel_space=True, num_queries=4, height=8, width=8, sample_size=8, bl
 
 
 def encoder_config(tok: Path) -> EncoderConfig:
-    return EncoderConfig(
-        tokenizer=str(tok), image_size=16, patch_size=8, vision_hidden_size=32, vision_layers=1, vision_heads=2,
-        vision_intermediate_size=64, qformer_hidden_size=32, qformer_layers=1, qformer_heads=2,
-        qformer_intermediate_size=64, num_query_tokens=4, cross_attention_frequency=1, embed_dim=16,
-        max_text_length=16,
-    )
+    return tiny_encoder_config(tok, freeze_vision=True)
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +114,10 @@ def test_fit_run_fig_and_generate_command(dirs, tmp_path):
     moved = {k for k, v in model.generator.state_dict().items() if not torch.equal(gen_before[k], v)}
     assert "image_adapter.weight" in moved and any(k.startswith("unet.") for k in moved)
 
+    model.train()
     metrics = run_fig(model, root, tmp_path / "fig", max_items=3, steps=2, batch_size=2,
                       grid_path=tmp_path / "grid.png")
+    assert model.training and model.generator.training  # evaluation hands the model back as it found it
     assert {"fig/fashiongen/queries/FID-proxy", "fig/fashiongen/queries/KID-proxy"} <= set(metrics)
     # products 201 (white square), 202 (black square), 203 (uniform: a counted miss)
     assert metrics["fig/fashiongen/real/colour_acc"] == pytest.approx(200 / 3)

@@ -14,14 +14,6 @@ from unifashion.models.generator import Generator, GeneratorConfig, widen_conv_i
 Q, HQ, S = 4, 12, 16  # queries, query width, image size (latents 8x8 with the tiny 2x VAE)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions are far faster on one thread than on oversubscribed cores; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny(**kw) -> GeneratorConfig:
     return GeneratorConfig(num_queries=Q, height=S, width=S, **kw)

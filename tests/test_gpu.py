@@ -6,7 +6,8 @@ import lightning as L
 import pytest
 import torch
 from fixtures_data import write_fashiongen
-from test_module import WORDS, tiny_encoder_config
+from test_module import WORDS
+from tiny import tiny_encoder_config
 
 from unifashion.data.fashiongen import FashionGenDataModule
 from unifashion.models.tokenizers import train_wordpiece_tokenizer

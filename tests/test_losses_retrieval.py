@@ -10,15 +10,6 @@ from unifashion.losses.contrastive import ItcLoss
 from unifashion.losses.matching import ItmLoss, sample_hard_negatives
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run ~10x faster on one thread than on two when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _naive_itc(image_feats, text_feat, temp, ids, eps):
     """ITC with python loops and math (independent of the vectorised code)."""
     n = len(ids)

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import pytest
 import torch
 from fixtures_data import write_fashiongen
+from tiny import tiny_encoder_config
 
 from unifashion.commands import load_module, run_cmr
 from unifashion.data.fashiongen import FashionGenDataModule
-from unifashion.models.encoder import EncoderConfig
 from unifashion.models.tokenizers import train_wordpiece_tokenizer
 from unifashion.module import UniFashionModule
 from unifashion.optim import OptimizerConfig
 from unifashion.phases import PHASES, apply_freeze_policy, get_phase, resolve_loss_weights
 
 WORDS = "caf cotton shirt striped blue jeans red dress black white wool coat".split()
-
-
-def tiny_encoder_config(tokenizer_dir: Path, **kw) -> EncoderConfig:
-    return EncoderConfig(
-        tokenizer=str(tokenizer_dir), image_size=16, patch_size=8, vision_hidden_size=32, vision_layers=1,
-        vision_heads=2, vision_intermediate_size=64, qformer_hidden_size=32, qformer_layers=1,
-        qformer_heads=2, qformer_intermediate_size=64, num_query_tokens=4, cross_attention_frequency=1,
-        embed_dim=16, max_text_length=16, freeze_vision=kw.pop("freeze_vision", False), **kw,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +95,14 @@ def test_fit_checkpoint_reload_and_eval(setup_dirs, tmp_path):
     metrics = run_cmr(reloaded, root, protocols=("full",))
     assert set(metrics) >= {"cmr/fashiongen/full/i2t/R@1", "cmr/fashiongen/full/t2i/R@10"}
     assert all(0 <= v <= 100 for v in metrics.values())
+
+
+def test_wholly_frozen_parts_stay_in_eval_mode(setup_dirs):
+    _, tok = setup_dirs
+    model = UniFashionModule(tiny_encoder_config(tok))
+    model.train()
+    assert model.encoder.training  # phase1_retrieval trains the encoder
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    model.train()
+    assert model.training and not model.encoder.training and not any(m.training for m in model.encoder.modules())

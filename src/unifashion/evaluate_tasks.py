@@ -151,11 +151,21 @@ def run_fig(model, data_root, out_dir, *, prefix: str = "", max_items: int | Non
     """FashionGen generation from queries: FID/KID (proxy features unless Inception is available) of
     generated vs real validation images and, on the synthetic benchmark, the colour accuracy against
     the attribute ground truth. Writes the images to `out_dir/unpaired/` and an optional PNG grid."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _run_fig(model, data_root, out_dir, prefix, max_items, sampler, steps, guidance_scale, seed,
+                        batch_size, grid_path)
+    finally:
+        model.train(was_training)  # a later fit must not train in eval mode (no CFG dropout)
+
+
+def _run_fig(model, data_root, out_dir, prefix, max_items, sampler, steps, guidance_scale, seed, batch_size,
+             grid_path) -> dict[str, float]:
     from unifashion.eval.generation import FidKid, write_generated
 
     split = _fashiongen_split(model, data_root)
     pairs = first_image_per_product(split, max_items)
-    model.eval()
     cfg = model.generator.config
     fid = FidKid("fashiongen", "queries", kid_subset_size=max(2, min(100, len(pairs))))
     colours = _primary_colours(data_root)

@@ -101,6 +101,16 @@ class UniFashionModule(L.LightningModule):
         self._step_start: float | None = None
 
     # ------------------------------------------------------------------ parts
+    def train(self, mode: bool = True) -> UniFashionModule:
+        """Train mode, except submodules the phase keeps wholly frozen, which stay in eval mode (no
+        dropout on a frozen Q-Former feeding the captioner or the UNet; LAVIS's `disabled_train`)."""
+        super().train(mode)
+        if mode:
+            for part in (self.encoder, self.captioner, self.generator):
+                if part is not None and not any(p.requires_grad for p in part.parameters()):
+                    part.eval()
+        return self
+
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """Every parameter of every submodule, by named group (phases.py)."""
         groups: dict[str, list[torch.nn.Parameter]] = {}
