@@ -25,7 +25,7 @@ def _stack_images(items: list) -> torch.Tensor:
 @torch.no_grad()
 def encode_images(
     encoder: MultimodalEncoder, images, batch_size: int = 128, num_workers: int = 0
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> torch.Tensor:
     """ITC features of every image of a dataset: (N, Q, E); the dataset yields dicts with "image"."""
     device = encoder.temp.device
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -33,7 +33,7 @@ def encode_images(
     feats = []
     for pixels in loader:
         feats.append(encoder.encode_image(pixels.to(device)).image_feats.float().cpu())  # (b, Q, E)
-    return torch.cat(feats), None
+    return torch.cat(feats)
 
 
 @torch.no_grad()
@@ -78,7 +78,7 @@ def evaluate_cmr(
     was_training = encoder.training
     encoder.eval()
     try:
-        image_feats, _ = encode_images(encoder, split.images, batch_size)  # (N, Q, E)
+        image_feats = encode_images(encoder, split.images, batch_size)  # (N, Q, E)
         text_feats = encode_texts(encoder, split.texts)  # (M, E)
         from unifashion.eval.retrieval import score_matrix
 
