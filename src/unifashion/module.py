@@ -23,6 +23,7 @@ from unifashion.losses.matching import ItmLoss
 from unifashion.models.captioner import Captioner, CaptionerConfig
 from unifashion.models.encoder import EncoderConfig, MultimodalEncoder
 from unifashion.models.generator import Generator, GeneratorConfig
+from unifashion.models.query_cache import FrozenQueryCache
 from unifashion.optim import OptimizerConfig, build_optimizer
 from unifashion.phases import PhaseName, apply_freeze_policy, get_phase, resolve_loss_weights
 
@@ -48,6 +49,10 @@ class UniFashionModule(L.LightningModule):
         save_trainable_only: checkpoints keep only trained parameters and the parameters of
             submodules built from a config (frozen pretrained weights are reloaded from their
             pretrained paths, so a checkpoint never copies a 7B LLM).
+        query_cache_size: in phases that keep the encoder frozen, compute the query outputs of at
+            most this many distinct training images once and read them back afterwards
+            (`models.query_cache`; exact, keyed by image content; host memory
+            ``size * Q * H_q * 4`` bytes). 0 switches it off.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class UniFashionModule(L.LightningModule):
         itm_max_pairs: int | None = None,
         init_from: str | None = None,
         save_trainable_only: bool = True,
+        query_cache_size: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -98,7 +104,14 @@ class UniFashionModule(L.LightningModule):
             self.phase.trains,
             exclude=("vision",) if self.encoder.config.freeze_vision else (),
         )
+        if query_cache_size and any(p.requires_grad for p in self.encoder.parameters()):
+            raise ValueError(
+                f"query_cache_size={query_cache_size} needs a frozen encoder, but phase {phase!r} trains it "
+                "(cached query outputs would go stale); set model.query_cache_size: 0"
+            )
+        self.query_cache = FrozenQueryCache(query_cache_size)
         self._step_start: float | None = None
+        self.train(self.training)  # frozen parts to eval now: Lightning captures these modes at fit start
 
     # ------------------------------------------------------------------ parts
     def train(self, mode: bool = True) -> UniFashionModule:
@@ -171,7 +184,9 @@ class UniFashionModule(L.LightningModule):
                 )
         if kind == PAIRS and (w.get("itg", 0) > 0 or w.get("denoise", 0) > 0):
             with torch.no_grad():  # the Q-Former is frozen in the generative phases
-                queries = self.encoder.encode_image(batch["image"]).query_output  # (B, Q, H)
+                queries = self.query_cache(
+                    lambda images: self.encoder.encode_image(images).query_output, batch["image"]
+                )  # (B, Q, H)
             if w.get("itg", 0) > 0:  # eq. 6
                 inputs = self.captioner.prepare(batch["text"], [batch["dataset"]] * len(batch["text"]), train=True)
                 terms.update(self.captioner(queries, inputs.to(self.device)))
@@ -223,6 +238,14 @@ class UniFashionModule(L.LightningModule):
         self._n_items = n_items
         return total
 
+    def on_fit_start(self) -> None:
+        self.query_cache.clear()  # the encoder's weights may have changed since the last fit
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores the per-module modes it captured at fit start (not `self.train()`), so a
+        # module that was put in train mode by hand before `fit` would keep its dropout on.
+        self.train()
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
 
@@ -230,6 +253,8 @@ class UniFashionModule(L.LightningModule):
         if self._step_start is not None:
             dt = time.perf_counter() - self._step_start
             self.log("train/items_per_s", getattr(self, "_n_items", 0) / max(dt, 1e-9), on_step=True)
+        if self.query_cache.max_items:
+            self.log("train/query_cache_hits", float(self.query_cache.hits), on_step=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         total = 0.0
