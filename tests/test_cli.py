@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    assert main(["data", "synth", "--out", str(out), "--scale", "tiny", "--datasets", "fashiongen"]) == 0
+    assert main(["data", "synth", "--out", str(out), "--scale", "tiny", "--datasets", "fashiongen",
+                 "--lm-steps", "5"]) == 0
     return out
 
 
@@ -26,6 +27,18 @@ def test_synth_writes_official_layout_and_tokenizers(synth):
     assert (synth / "fashiongen" / "fashiongen_256_256_validation.h5").is_file()
     for name in ("qformer", "llm"):
         assert (synth / "tokenizers" / name / "tokenizer.json").is_file()
+    # the LLM tokenizer learned the prompt texts: whole words, not byte pieces
+    from transformers import AutoTokenizer
+
+    from unifashion.commands import prompt_texts
+
+    tok = AutoTokenizer.from_pretrained(synth / "tokenizers" / "llm")
+    for prompt in prompt_texts():
+        assert len(tok(prompt, add_special_tokens=False).input_ids) <= len(prompt) / 3, prompt  # bytes: len(prompt)
+    # and the tiny caption LLM was pretrained and saved like a real one
+    llm = synth / "pretrained" / "llm"
+    assert (llm / "config.json").is_file() and (llm / "tokenizer.json").is_file()
+    assert json.loads((llm / "pretraining.json").read_text())["steps"] == 5
 
 
 def test_fit_with_the_tiny_config_then_eval(synth, tmp_path, capsys):

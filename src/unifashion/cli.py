@@ -45,6 +45,10 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--datasets", nargs="+", default=None, help="subset of fashiongen fashion200k fashioniq vitonhd"
     )
+    synth.add_argument(
+        "--lm-steps", type=int, default=150,
+        help="pretraining steps of the tiny caption LLM written to <out>/pretrained/llm (0: do not write it)",
+    )
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:

@@ -13,6 +13,9 @@ from unifashion.eval.report import format_table, update_metrics_json
 TOKENIZER_DIRS = {"qformer": "tokenizers/qformer", "llm": "tokenizers/llm"}
 """Tiny tokenizers trained on the synthetic captions, relative to the synthetic root."""
 
+TINY_LLM_DIR = "pretrained/llm"
+"""The tiny caption LLM pretrained on the synthetic captions (models/tiny_language_model.py)."""
+
 
 def synthetic_captions(root: Path) -> list[str]:
     """Every caption (all three styles) of the synthetic training images, from the sidecars."""
@@ -27,6 +30,33 @@ def synthetic_captions(root: Path) -> list[str]:
     if not texts:
         raise FileNotFoundError(f"no synthetic sidecar (*/attributes.jsonl) with training captions under {root}")
     return texts
+
+
+def synthetic_styled_captions(root: Path) -> list[tuple[str, str]]:
+    """(style, caption) of every synthetic training image, from the sidecars."""
+    pairs: list[tuple[str, str]] = []
+    for sidecar in sorted(root.glob("*/attributes.jsonl")):
+        with open(sidecar, encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                if rec.get("split") in ("train", None):
+                    pairs.extend(sorted(rec["captions"].items()))
+    if not pairs:
+        raise FileNotFoundError(f"no synthetic sidecar (*/attributes.jsonl) with training captions under {root}")
+    return pairs
+
+
+def write_tiny_llm(root: Path, steps: int) -> dict:
+    """Pretrains the tiny caption LLM on the synthetic captions into ``root/pretrained/llm``."""
+    from unifashion.models.tiny_language_model import (
+        TinyLanguageModelConfig,
+        pretrain_tiny_language_model,
+        pretraining_texts,
+    )
+
+    texts = pretraining_texts(synthetic_styled_captions(root))
+    return pretrain_tiny_language_model(texts, root / TOKENIZER_DIRS["llm"], root / TINY_LLM_DIR,
+                                        TinyLanguageModelConfig(steps=steps))
 
 
 def prompt_texts() -> list[str]:
@@ -64,6 +94,11 @@ def synth_command(args) -> int:
     print(summary)
     for name, path in tokenizers.items():
         print(f"tiny {name} tokenizer: {path}")
+    lm_steps = getattr(args, "lm_steps", 150)
+    if lm_steps > 0:
+        report = write_tiny_llm(out, lm_steps)
+        print(f"tiny caption LLM: {out / TINY_LLM_DIR} ({lm_steps} steps on {report['texts']} prompt+caption "
+              f"texts, loss {report['first_loss']:.2f} -> {report['last_loss']:.2f}, {report['seconds']:.1f} s)")
     print(f"synthetic benchmark written to {out} in {time.perf_counter() - start:.1f} s")
     return 0
 

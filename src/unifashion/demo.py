@@ -20,6 +20,8 @@ from unifashion.eval.report import PAPER_NUMBERS, format_table, update_metrics_j
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "lightning_configs" / "tiny"
 STAGES = ("data", "retrieval", "captioning", "generation")
+LM_STEPS = 150
+"""Pretraining steps of the tiny caption LLM written with the data (models/tiny_language_model.py)."""
 
 
 def _config(name: str) -> Path:
@@ -71,15 +73,17 @@ def run_demo(args) -> int:
 
     if "data" in stages:
         marker = data / "fashiongen" / "fashiongen_256_256_validation.h5"
+        from unifashion.commands import TINY_LLM_DIR, synth_command, write_tiny_llm
+
         if marker.is_file() and (data / "tokenizers" / "qformer").is_dir():
             print(f"synthetic benchmark found at {data} (delete it to regenerate)")
+            if not (data / TINY_LLM_DIR / "config.json").is_file():  # written by an older version
+                timer.run("data", lambda: write_tiny_llm(data, LM_STEPS))
         else:
             from types import SimpleNamespace
 
-            from unifashion.commands import synth_command
-
             timer.run("data", lambda: synth_command(SimpleNamespace(out=str(data), seed=0, scale=args.scale,
-                                                                    datasets=None)))
+                                                                    datasets=None, lm_steps=LM_STEPS)))
 
     retrieval_ckpt = run_dir / "retrieval.ckpt"  # a stable copy of the stage's last checkpoint
     if "retrieval" in stages:

@@ -1,10 +1,13 @@
 """The captioning stage of `make demo`: phase1_captioning on the synthetic FashionGen pairs.
 
-Starting from the tiny retrieval checkpoint (its Q-Former is frozen in this phase), the stage
-evaluates the untrained captioner (keys prefixed ``baseline/``), trains the text TSA + LoRA with
-the ITG loss (eq. 6) on lightning_configs/tiny/phase1_captioning.yaml, evaluates again
-(``fic/fashiongen/BLEU-4`` ... ``CIDEr``, DATASETS.md 6.2), and prints a few captions beside their
-references. The same configuration runs with ``unifashion fit --config ...``.
+Starting from the tiny retrieval checkpoint (its Q-Former is frozen in this phase) and the tiny
+caption LLM that `unifashion data synth` pretrained on text only, the stage evaluates the
+untrained captioner (keys prefixed ``baseline/``: TSA untrained, LoRA at its zero start, so the
+LLM writes captions without looking at the image), trains the text TSA + LoRA with the ITG loss
+(eq. 6) on lightning_configs/tiny/phase1_captioning.yaml, evaluates again
+(``fic/fashiongen/BLEU-4`` ... ``CIDEr``, DATASETS.md 6.2, and ``fic/fashiongen/attributes/*``: the
+share of captions naming the right colour, pattern, sleeve and garment), and prints a few captions
+beside their references. The same configuration runs with ``unifashion fit --config ...``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from unifashion.commands import TINY_LLM_DIR
+from unifashion.eval.caption_attributes import ATTRIBUTES
 from unifashion.eval.captioning import METRICS
 
 CONFIG_NAME = "phase1_captioning.yaml"
@@ -61,19 +66,19 @@ def captioning_stage(
         ``baseline/fic/fashiongen/<metric>`` (untrained) and ``fic/fashiongen/<metric>`` (trained).
 
     Raises:
-        FileNotFoundError: the retrieval checkpoint or the tiny tokenizer is missing.
+        FileNotFoundError: the retrieval checkpoint or the tiny pretrained LLM is missing.
     """
     from unifashion.evaluate_tasks import run_fic
 
     retrieval_ckpt, data = Path(retrieval_ckpt), Path(data)
     if not retrieval_ckpt.is_file():
         raise FileNotFoundError(f"retrieval checkpoint not found: {retrieval_ckpt}; run the retrieval stage first")
-    tokenizer = data / "tokenizers" / "llm"
-    if not tokenizer.is_dir():
-        raise FileNotFoundError(f"tiny LLM tokenizer not found: {tokenizer} (run `unifashion data synth`)")
+    llm = data / TINY_LLM_DIR
+    if not (llm / "config.json").is_file():
+        raise FileNotFoundError(f"tiny pretrained caption LLM not found: {llm} (run `unifashion data synth`)")
     stage_dir = Path(run_dir) / "captioning"
     args = ["--data.init_args.root", str(data / "fashiongen"), "--model.init_from", str(retrieval_ckpt),
-            "--model.captioner.tokenizer", str(tokenizer), *(extra or [])]
+            "--model.captioner.llm", str(llm), *(extra or [])]
     cli = build_cli(config(CONFIG_NAME), stage_dir, data, args)
     model = cli.model
 
@@ -92,7 +97,7 @@ def captioning_stage(
     print_examples(examples)
     (stage_dir / "examples.json").write_text(json.dumps(
         [{"generated": p, "reference": r} for p, r in examples], indent=1, ensure_ascii=False))
-    for key in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+    for key in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", *(f"attributes/{a}" for a in ATTRIBUTES)):
         name = f"fic/fashiongen/{key}"
         if name in metrics:
             print(f"  {name}: {metrics.get('baseline/' + name, float('nan')):.1f} -> {metrics[name]:.1f}")

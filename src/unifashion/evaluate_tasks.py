@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from unifashion.data.transforms import ImageTransform, denormalize
+from unifashion.eval.caption_attributes import SIDECAR, attribute_accuracy, read_product_attributes
 from unifashion.eval.captioning import caption_metrics, metric_keys
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,10 @@ def run_fic(model, data_root, *, prefix: str = "", max_items: int | None = None,
         batch_size: images captioned per `generate` call.
 
     Returns:
-        ``{prefix + "fic/fashiongen/<metric>": value}``.
+        ``{prefix + "fic/fashiongen/<metric>": value}``; on synthetic data (a sidecar
+        ``attributes.jsonl`` beside the HDF5 files) also ``fic/fashiongen/attributes/<name>``, the
+        percent of products whose caption names the right primary colour, pattern, sleeve and
+        garment (`eval.caption_attributes`).
     """
     if model.captioner is None:
         raise ValueError("this model has no captioner (train phase1_captioning or phase1_generative)")
@@ -88,9 +92,19 @@ def run_fic(model, data_root, *, prefix: str = "", max_items: int | None = None,
     refs = {j: [split.texts[j]] for _, j in pairs}
     kwargs = {"metrics": metrics} if metrics else {}
     scores = caption_metrics(preds, refs, **kwargs)
+    sidecar = _fashiongen_root(data_root) / SIDECAR
+    if sidecar.is_file():  # synthetic data: do the captions name the right attributes?
+        truth = read_product_attributes(sidecar, "validation")
+        by_product = {int(split.text_product_ids[j]): preds[j] for _, j in pairs}
+        scores |= {f"attributes/{k}": v for k, v in attribute_accuracy(by_product, truth).items()}
     if examples is not None:
         examples.extend((preds[j], split.texts[j]) for _, j in pairs)
     return {prefix + k: v for k, v in metric_keys("fashiongen", scores).items()}
+
+
+def _fashiongen_root(data_root) -> Path:
+    root = Path(data_root)
+    return root / "fashiongen" if (root / "fashiongen").is_dir() else root
 
 
 def caption_images(model, images_dir=None, data_root=None, style="fashiongen", num_beams=1, max_new_tokens=48,

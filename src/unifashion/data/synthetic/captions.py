@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from unifashion.data.synthetic.attributes import Garment
@@ -75,6 +77,41 @@ def professional(g: Garment) -> str:
     if g.subcategory in _SUB_DETAIL:
         parts.append(_SUB_DETAIL[g.subcategory])
     return " ".join(parts)
+
+
+_PRO_SLEEVE = {"Sleeveless": "sleeveless", "Short sleeve": "short", "Long sleeve": "long"}
+_FIRST_SENTENCE = re.compile(r"^(?:(Sleeveless|Short sleeve|Long sleeve) )?([A-Za-z][a-z -]*?) in ([a-z]+)\.")
+
+
+def parse_professional(text: str) -> dict[str, str | None]:
+    """Reads the attributes a professional-style caption names (the inverse of `professional`).
+
+    Works on generated captions too: whatever does not follow the template comes back as None.
+
+    Returns:
+        ``{"garment": noun, "sleeve_length", "primary_colour", "pattern", "secondary_colour"}``;
+        ``pattern`` is "solid" for "Solid colour throughout.", a key of PATTERN_WORD otherwise.
+    """
+    out: dict[str, str | None] = dict.fromkeys(("garment", "sleeve_length", "primary_colour", "pattern",
+                                                "secondary_colour"))
+    text = text.strip()
+    first = _FIRST_SENTENCE.match(text)
+    if first is None:
+        return out
+    sleeve, noun, colour = first.groups()
+    out.update(garment=noun.lower(), sleeve_length=_PRO_SLEEVE.get(sleeve) if sleeve else None,
+               primary_colour=colour)
+    rest = text[first.end():].strip()
+    if rest.startswith("Solid colour throughout."):
+        out["pattern"] = "solid"
+        return out
+    for pattern, template in _PRO_PATTERN.items():
+        head, tail = template.split("{c}")
+        m = re.match(re.escape(head) + r"([a-z]+)" + re.escape(tail), rest)
+        if m:
+            out.update(pattern=pattern, secondary_colour=m.group(1))
+            break
+    return out
 
 
 def short(g: Garment) -> str:
