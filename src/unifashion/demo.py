@@ -63,7 +63,9 @@ class Timer:
 def run_demo(args) -> int:
     from unifashion.commands import run_cmr
 
-    data, run_dir = Path(args.data), Path(args.run_dir)
+    # absolute: the checkpoints record the tokenizer, LLM and init_from paths, and are reloaded from
+    # other working directories (notebooks/, eval commands)
+    data, run_dir = Path(args.data).resolve(), Path(args.run_dir).resolve()
     stages = tuple(args.stages or STAGES)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"
