@@ -76,7 +76,8 @@ def test_captioning_fit_on_cuda_with_query_cache(dirs, tmp_path):
     trainer.fit(model, dm)
     assert torch.isfinite(trainer.logged_metrics["train/loss_step"])
     assert model.query_cache.hits > 0 and not any(m.training for m in model.encoder.modules())
-    # cached outputs come back on the GPU and equal the encoder's
+    # cached outputs come back on the GPU and equal the encoder's (fit's teardown moved the model to the CPU)
+    model.cuda()
     dm.set_tokenizer(model.encoder.tokenizer, 16)
     images = next(iter(dm.train_dataloader()))["image"].cuda()
     with torch.no_grad():
