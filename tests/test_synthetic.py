@@ -284,6 +284,26 @@ def test_fashioniq_modifying_texts_match_attributes(bench):
     assert checked > 10
 
 
+def test_fashioniq_cap_files_are_read_by_the_loader(bench):
+    from unifashion.data.fashioniq import FashionIQDataModule
+
+    root = bench / "fashioniq" / "fashionIQ_dataset"
+    side = {r["asin"]: r for r in _jsonl(root / "attributes.jsonl")}
+    for cat, split in itertools.product(("dress", "shirt", "toptee"), ("train", "val")):
+        entries = json.loads((root / f"next_llava.{split}.{cat}.caption.json").read_text())
+        listed = json.loads((root / "image_splits" / f"split.{cat}.{split}.json").read_text())
+        assert [e["image"] for e in entries] == listed  # every image of the split, once, in order
+        for e in entries:
+            assert e["caption"] == side[e["image"]]["captions"]["detailed"] and e["text_guidance"] == ""
+    assert not list(root.glob("next_llava.test.*"))
+    dm = FashionIQDataModule(root=str(bench / "fashioniq"), image_size=16,
+                             captions_file="next_llava.train.dress.caption.json")
+    pairs = dm.caption_pairs()
+    entries = json.loads((root / "next_llava.train.dress.caption.json").read_text())
+    assert len(pairs) == len(entries)
+    assert pairs[0]["text"] == entries[0]["caption"]
+
+
 # ---- VITON-HD -------------------------------------------------------------------------------------
 
 def test_vitonhd_layout(bench):

@@ -12,6 +12,10 @@ Writes under ``<root>/fashionIQ_dataset/``:
 - ``attributes.jsonl``: the sidecar (one line per image file; ``categories`` lists every
   category whose split file lists it). The detailed (Fashion-IQ-cap) caption of every image is
   in the sidecar's ``captions.detailed``.
+- ``next_llava.{train,val}.{cat}.caption.json``: the UniFashion-only Fashion-IQ-cap files
+  (DATASETS.md 2.6): ``[{"image": ASIN, "caption": str, "text_guidance": ""}]``, one entry per
+  image of the category's split, the caption being the detailed-style caption. Read them with
+  ``FashionIQDataModule(captions_file="next_llava.train.dress.caption.json")``.
 
 Quirks of the real files, reproduced on purpose (DATASETS.md 2.2-2.3): a few empty or
 whitespace-only captions (train and val), captions with a leading space, with trailing
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from unifashion.data.synthetic.attributes import SUBCATEGORIES, Garment, changeable, sample_garment, vary
-from unifashion.data.synthetic.captions import modifying_texts
+from unifashion.data.synthetic.captions import detailed, modifying_texts
 from unifashion.data.synthetic.common import (
     SIDECAR,
     Progress,
@@ -144,6 +148,10 @@ def plan(spec: FashionIQSpec, seed: int) -> dict[tuple[str, str], _Split]:
     return out
 
 
+CAPTIONS_FILE = "next_llava.{split}.{cat}.caption.json"
+"""Fashion-IQ-cap file name (UniFashion's released ``dataset/next_llava.{train,val}.{cat}.caption.json``)."""
+
+
 def write_fashioniq(root: Path, spec: FashionIQSpec, seed: int = 0, progress: Progress | None = None) -> dict:
     """Write captions, split files, images and the sidecar under ``<root>/fashionIQ_dataset``.
 
@@ -175,6 +183,11 @@ def write_fashioniq(root: Path, spec: FashionIQSpec, seed: int = 0, progress: Pr
             listed.setdefault(g.product_id, []).append(cat)
         names = list(dict.fromkeys(asin_of[g.product_id] for g in sp.gallery))
         write_json(base / "image_splits" / f"split.{cat}.{split}.json", names)
+        if split != "test":  # Fashion-IQ-cap (DATASETS.md 2.6): UniFashion's LLaVA captions of the images
+            seen = dict.fromkeys(g.product_id for g in sp.gallery)
+            write_json(base / CAPTIONS_FILE.format(split=split, cat=cat),
+                       [{"image": asin_of[pid], "caption": detailed(garments[pid]), "text_guidance": ""}
+                        for pid in seen])
         rng = rng_for(seed, "fashioniq", cat, split, "quirks")
         items = []
         for ref, tgt, caps in sp.triplets:
