@@ -64,3 +64,40 @@ def test_pretraining_learns_and_saves_a_loadable_deterministic_llm(tokenizer_dir
         out = a.generate(**prompt, max_new_tokens=6, do_sample=False)
     continuation = captioner.tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
     assert continuation.strip().startswith("navy"), continuation
+
+
+def test_checkpoint_leaves_out_the_pretrained_llm_and_reloads_strictly(tokenizer_dir, tmp_path):
+    import lightning as L
+    from fixtures_data import write_fashiongen
+    from test_captioning_pipeline import encoder_config
+
+    from unifashion.commands import load_module
+    from unifashion.data.fashiongen import FashionGenDataModule
+    from unifashion.models.tokenizers import train_wordpiece_tokenizer
+    from unifashion.module import UniFashionModule
+
+    pretrain_tiny_language_model(pretraining_texts(CAPTIONS), tokenizer_dir, tmp_path / "llm",
+                                 TinyLanguageModelConfig(steps=2, **SMALL))
+    write_fashiongen(tmp_path / "fashiongen", size=16)
+    train_wordpiece_tokenizer(CORPUS * 3, tmp_path / "qtok", vocab_size=200)
+    L.seed_everything(0)
+    model = UniFashionModule(encoder_config(tmp_path / "qtok"), phase="phase1_captioning",
+                             captioner=CaptionerConfig(llm=str(tmp_path / "llm"), lora_rank=4, lora_alpha=8,
+                                                       max_caption_tokens=16))
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(model, FashionGenDataModule(root=str(tmp_path / "fashiongen"), batch_size=4, image_size=16))
+    trainer.save_checkpoint(tmp_path / "cap.ckpt")
+    saved = torch.load(tmp_path / "cap.ckpt", weights_only=False)["state_dict"]
+    base = [k for k in model.state_dict() if k.startswith("captioner.language_model.") and "lora_" not in k]
+    assert base and not any(k in saved for k in base)  # the frozen base LLM reloads from its directory
+    assert any("lora_" in k for k in saved) and any(k.startswith("encoder.") for k in saved)
+    reloaded = load_module(tmp_path / "cap.ckpt", "cpu")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[k], v, msg=lambda m, k=k: f"{k}: {m}")
+    # loading stays strict for everything that is not a pretrained weight
+    ckpt = torch.load(tmp_path / "cap.ckpt", weights_only=False)
+    ckpt["state_dict"].pop(next(k for k in ckpt["state_dict"] if "lora_" in k))
+    torch.save(ckpt, tmp_path / "broken.ckpt")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_module(tmp_path / "broken.ckpt", "cpu")

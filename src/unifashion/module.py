@@ -81,7 +81,7 @@ class UniFashionModule(L.LightningModule):
             )
         self.optimizer_config = optimizer or OptimizerConfig()
         self.save_trainable_only = save_trainable_only
-        self.strict_loading = not save_trainable_only
+        self.strict_loading = True  # on_load_checkpoint refills what on_save_checkpoint left out
 
         self.encoder = MultimodalEncoder(encoder)
         self.captioner = None
@@ -288,6 +288,15 @@ class UniFashionModule(L.LightningModule):
         for name, p in self.named_parameters():
             if not p.requires_grad and self._from_pretrained(name):
                 state.pop(name, None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refills the frozen pretrained weights `on_save_checkpoint` left out with the values this
+        module was just built with (from their pretrained paths, and `init_from`), so that loading
+        stays strict: any other missing or unexpected key is an error."""
+        state = checkpoint["state_dict"]
+        for name, value in self.state_dict().items():
+            if name not in state and self._from_pretrained(name):
+                state[name] = value
 
     def _from_pretrained(self, name: str) -> bool:
         """Whether parameter `name` is a weight that rebuilding the module reloads from a pretrained path."""
