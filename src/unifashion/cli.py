@@ -46,7 +46,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
         "--datasets", nargs="+", default=None, help="subset of fashiongen fashion200k fashioniq vitonhd"
     )
     synth.add_argument(
-        "--lm-steps", type=int, default=150,
+        "--lm-steps", type=int, default=100,
         help="pretraining steps of the tiny caption LLM written to <out>/pretrained/llm (0: do not write it)",
     )
 

@@ -94,7 +94,7 @@ def synth_command(args) -> int:
     print(summary)
     for name, path in tokenizers.items():
         print(f"tiny {name} tokenizer: {path}")
-    lm_steps = getattr(args, "lm_steps", 150)
+    lm_steps = getattr(args, "lm_steps", 100)
     if lm_steps > 0:
         report = write_tiny_llm(out, lm_steps)
         print(f"tiny caption LLM: {out / TINY_LLM_DIR} ({lm_steps} steps on {report['texts']} prompt+caption "

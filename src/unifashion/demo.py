@@ -20,7 +20,7 @@ from unifashion.eval.report import PAPER_NUMBERS, format_table, update_metrics_j
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "lightning_configs" / "tiny"
 STAGES = ("data", "retrieval", "captioning", "generation")
-LM_STEPS = 150
+LM_STEPS = 100
 """Pretraining steps of the tiny caption LLM written with the data (models/tiny_language_model.py)."""
 
 

@@ -22,7 +22,7 @@ from unifashion.eval.caption_attributes import ATTRIBUTES
 from unifashion.eval.captioning import METRICS
 
 CONFIG_NAME = "phase1_captioning.yaml"
-EVAL_ITEMS = 300
+EVAL_ITEMS = 200
 """Validation products captioned by the demo's evaluations (one caption per product, same set twice)."""
 
 MAX_NEW_TOKENS = 40
