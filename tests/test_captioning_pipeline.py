@@ -39,12 +39,17 @@ def captioner_config(tok: Path) -> CaptionerConfig:
                            max_caption_tokens=16)
 
 
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cap")
+def write_caption_fixture(root: Path) -> Path:
+    """FashionGen fixture + Q-Former (qtok) and LLM (ltok) tokenizers under `root`."""
     write_fashiongen(root / "fashiongen", size=16)
     train_wordpiece_tokenizer(CORPUS * 3, root / "qtok", vocab_size=200)
     train_bpe_tokenizer(CORPUS * 3, root / "ltok", vocab_size=300)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = write_caption_fixture(tmp_path_factory.mktemp("cap"))
     # an earlier phase1_retrieval checkpoint (only its state dict is read by init_from)
     L.seed_everything(0)
     retrieval = UniFashionModule(encoder_config(root / "qtok"))

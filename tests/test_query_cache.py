@@ -5,24 +5,18 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from fixtures_data import write_fashiongen
-from test_captioning_pipeline import CORPUS, captioner_config, encoder_config
+from test_captioning_pipeline import captioner_config, encoder_config, write_caption_fixture
 
 from unifashion.data.fashiongen import FashionGenDataModule
 from unifashion.models.encoder import MultimodalEncoder
 from unifashion.models.query_cache import FrozenQueryCache, image_key
-from unifashion.models.tokenizers import train_bpe_tokenizer, train_wordpiece_tokenizer
 from unifashion.module import UniFashionModule
 from unifashion.optim import OptimizerConfig
 
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qcache")
-    write_fashiongen(root / "fashiongen", size=16)
-    train_wordpiece_tokenizer(CORPUS * 3, root / "qtok", vocab_size=200)
-    train_bpe_tokenizer(CORPUS * 3, root / "ltok", vocab_size=300)
-    return root
+    return write_caption_fixture(tmp_path_factory.mktemp("qcache"))
 
 
 class CountingEncode:

@@ -17,33 +17,29 @@ TINY_LLM_DIR = "pretrained/llm"
 """The tiny caption LLM pretrained on the synthetic captions (models/tiny_language_model.py)."""
 
 
-def synthetic_captions(root: Path) -> list[str]:
-    """Every caption (all three styles) of the synthetic training images, from the sidecars."""
-    texts: list[str] = []
+def _training_records(root: Path) -> list[dict]:
+    """Sidecar records of the synthetic training images (FileNotFoundError when there are none)."""
+    records: list[dict] = []
     for sidecar in sorted(root.glob("*/attributes.jsonl")):
         with open(sidecar, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if rec.get("split") in ("train", None):
-                    texts.extend(rec["captions"].values())
-                    texts.extend(rec.get("modifying_texts", []) or [])
-    if not texts:
+            records.extend(rec for rec in map(json.loads, f) if rec.get("split") in ("train", None))
+    if not records:
         raise FileNotFoundError(f"no synthetic sidecar (*/attributes.jsonl) with training captions under {root}")
+    return records
+
+
+def synthetic_captions(root: Path) -> list[str]:
+    """Every caption (all three styles) and modifying text of the synthetic training images."""
+    texts: list[str] = []
+    for rec in _training_records(root):
+        texts.extend(rec["captions"].values())
+        texts.extend(rec.get("modifying_texts", []) or [])
     return texts
 
 
 def synthetic_styled_captions(root: Path) -> list[tuple[str, str]]:
     """(style, caption) of every synthetic training image, from the sidecars."""
-    pairs: list[tuple[str, str]] = []
-    for sidecar in sorted(root.glob("*/attributes.jsonl")):
-        with open(sidecar, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if rec.get("split") in ("train", None):
-                    pairs.extend(sorted(rec["captions"].items()))
-    if not pairs:
-        raise FileNotFoundError(f"no synthetic sidecar (*/attributes.jsonl) with training captions under {root}")
-    return pairs
+    return [pair for rec in _training_records(root) for pair in sorted(rec["captions"].items())]
 
 
 def write_tiny_llm(root: Path, steps: int) -> dict:
@@ -61,10 +57,9 @@ def write_tiny_llm(root: Path, steps: int) -> dict:
 
 def prompt_texts() -> list[str]:
     """Every caption prompt the LLM reads (each instruction paraphrase in the paper's template)."""
-    from unifashion.models.instructions import INSTRUCTIONS, PROMPT_AFTER_QUERIES, PROMPT_PREFIX
+    from unifashion.models.instructions import INSTRUCTIONS, text_only_prompt
 
-    return [f"{PROMPT_PREFIX} {PROMPT_AFTER_QUERIES.format(instruction=text)}"
-            for options in INSTRUCTIONS.values() for text in options]
+    return [text_only_prompt(text) for options in INSTRUCTIONS.values() for text in options]
 
 
 def write_tiny_tokenizers(root: Path) -> dict[str, Path]:
@@ -115,13 +110,16 @@ def load_module(ckpt: str | Path, device: str | None = None):
     return model.to(device).eval()
 
 
+def fashiongen_root(root: str | Path) -> Path:
+    """The FashionGen folder of a synthetic root (``root/fashiongen``), or `root` itself."""
+    root = Path(root)
+    return root / "fashiongen" if (root / "fashiongen").is_dir() else root
+
+
 def fashiongen_datamodule(root: str | Path, image_size: int, batch_size: int = 128):
     from unifashion.data.fashiongen import FashionGenDataModule
 
-    root = Path(root)
-    if (root / "fashiongen").is_dir():
-        root = root / "fashiongen"
-    return FashionGenDataModule(root=str(root), batch_size=batch_size, image_size=image_size)
+    return FashionGenDataModule(root=str(fashiongen_root(root)), batch_size=batch_size, image_size=image_size)
 
 
 def run_cmr(model, data_root, *, protocols=("full", "sample100"), rerank_k=0, seed=0, prefix="",

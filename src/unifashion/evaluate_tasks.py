@@ -92,7 +92,9 @@ def run_fic(model, data_root, *, prefix: str = "", max_items: int | None = None,
     refs = {j: [split.texts[j]] for _, j in pairs}
     kwargs = {"metrics": metrics} if metrics else {}
     scores = caption_metrics(preds, refs, **kwargs)
-    sidecar = _fashiongen_root(data_root) / SIDECAR
+    from unifashion.commands import fashiongen_root
+
+    sidecar = fashiongen_root(data_root) / SIDECAR
     if sidecar.is_file():  # synthetic data: do the captions name the right attributes?
         truth = read_product_attributes(sidecar, "validation")
         by_product = {int(split.text_product_ids[j]): preds[j] for _, j in pairs}
@@ -100,11 +102,6 @@ def run_fic(model, data_root, *, prefix: str = "", max_items: int | None = None,
     if examples is not None:
         examples.extend((preds[j], split.texts[j]) for _, j in pairs)
     return {prefix + k: v for k, v in metric_keys("fashiongen", scores).items()}
-
-
-def _fashiongen_root(data_root) -> Path:
-    root = Path(data_root)
-    return root / "fashiongen" if (root / "fashiongen").is_dir() else root
 
 
 def caption_images(model, images_dir=None, data_root=None, style="fashiongen", num_beams=1, max_new_tokens=48,

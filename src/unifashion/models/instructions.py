@@ -68,6 +68,12 @@ def instruction_for(dataset: str, rng: random.Random | None = None) -> str:
     return rng.choice(options)
 
 
+def text_only_prompt(instruction: str) -> str:
+    """The prompt with an empty image slot, ``"USER: <Img> </Img> {instruction} Assistant:"`` (text-only
+    LM pretraining and the tokenizer corpus)."""
+    return f"{PROMPT_PREFIX} {PROMPT_AFTER_QUERIES.format(instruction=instruction)}"
+
+
 def prompt_after_queries(dataset: str, rng: random.Random | None = None) -> str:
     """Returns the prompt text that follows the query slot, e.g. ``"</Img> Short description. Assistant:"``.
 

@@ -25,7 +25,7 @@ import torch
 
 def image_key(image: torch.Tensor) -> bytes:
     """128-bit digest of one image tensor (C, H, W): its bytes, shape and dtype."""
-    data = image.detach().to("cpu").contiguous()
+    data = image.detach().to("cpu").contiguous()  # a no-op for a row of a batch already on the host
     digest = hashlib.blake2b(digest_size=16)
     digest.update(str((tuple(data.shape), data.dtype)).encode())
     digest.update(data.numpy().tobytes())
@@ -68,7 +68,7 @@ class FrozenQueryCache:
         """
         if self.max_items == 0:
             return encode(images)
-        keys = [image_key(img) for img in images]
+        keys = [image_key(img) for img in images.detach().to("cpu")]  # one device->host copy per batch
         todo = sorted({i for i, k in enumerate(keys) if k not in self._store})
         fresh: dict[bytes, torch.Tensor] = {}
         if todo:

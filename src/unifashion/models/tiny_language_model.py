@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from unifashion.models.captioner import CaptionerConfig, build_tiny_language_model, load_tokenizer
-from unifashion.models.instructions import INSTRUCTIONS, PROMPT_AFTER_QUERIES, PROMPT_PREFIX
+from unifashion.models.instructions import INSTRUCTIONS, text_only_prompt
 
 CAPTION_STYLE_DATASET = {"professional": "fashiongen", "short": "fashion200k", "detailed": "fashioniq"}
 """Synthetic caption style (sidecar ``captions`` key) -> the dataset whose instruction it answers."""
@@ -69,7 +69,7 @@ def pretraining_texts(captions: Sequence[tuple[str, str]], seed: int = 0) -> lis
         if style not in CAPTION_STYLE_DATASET:
             raise KeyError(f"unknown caption style {style!r}; known: {sorted(CAPTION_STYLE_DATASET)}")
         instruction = rng.choice(INSTRUCTIONS[CAPTION_STYLE_DATASET[style]])
-        texts.append(f"{PROMPT_PREFIX} {PROMPT_AFTER_QUERIES.format(instruction=instruction)} {caption.strip()}")
+        texts.append(f"{text_only_prompt(instruction)} {caption.strip()}")
     return texts
 
 
