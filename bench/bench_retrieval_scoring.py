@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from unifashion.eval.retrieval import full_protocol, sample100_protocol, score_matrix
+from unifashion.tasks.cmr.protocol import full_protocol, sample100_protocol, score_matrix
 
 
 def _sync(device: torch.device) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from unifashion.commands import load_module
+from unifashion.api import UniFashion
 from unifashion.data.fashiongen import FashionGenDataModule
 
 ATTRIBUTES = ("primary_colour", "pattern", "sleeve_length", "subcategory")
@@ -76,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     root = Path(args.data) / "fashiongen"
-    model = load_module(args.ckpt, "cpu")
+    model = UniFashion.from_checkpoint(args.ckpt, "cpu").module
     dm = FashionGenDataModule(root=str(root), batch_size=128, image_size=model.encoder.config.image_size)
     dm.setup("fit")
     val = dm.val_dataloader()

@@ -15,8 +15,9 @@ from tiny import tiny_encoder_config
 
 from unifashion.cli import main
 from unifashion.data.fashiongen import FashionGenDataModule
-from unifashion.eval.captioning import caption_metrics
-from unifashion.evaluate_tasks import run_fic
+from unifashion.tasks.fic.protocol import caption_metrics
+from unifashion.api import UniFashion
+from unifashion.tasks.fic.evaluate import run_fic
 from unifashion.models.captioner import CaptionerConfig
 from unifashion.models.encoder import EncoderConfig
 from unifashion.models.instructions import INSTRUCTIONS
@@ -107,7 +108,7 @@ def test_itg_loss_decreases(trained):
 def test_run_fic_matches_direct_scoring(dirs, trained):
     model, *_ = trained
     examples: list[tuple[str, str]] = []
-    metrics = run_fic(model, dirs, prefix="baseline/", metrics=CHEAP, examples=examples)
+    metrics = run_fic(UniFashion(model), dirs, prefix="baseline/", metrics=CHEAP, examples=examples)
     assert set(metrics) == {f"baseline/fic/fashiongen/{m}" for m in CHEAP}
     # one reference per product: the fixture's validation descriptions, in product order
     refs = list(dict.fromkeys(r[2].decode("latin-1") for r in FG_VAL))

@@ -30,7 +30,7 @@ def test_synth_writes_official_layout_and_tokenizers(synth):
     # the LLM tokenizer learned the prompt texts: whole words, not byte pieces
     from transformers import AutoTokenizer
 
-    from unifashion.commands import prompt_texts
+    from unifashion.models.tiny_assets import prompt_texts
 
     tok = AutoTokenizer.from_pretrained(synth / "tokenizers" / "llm")
     for prompt in prompt_texts():

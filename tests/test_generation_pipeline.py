@@ -17,11 +17,11 @@ from PIL import Image
 from tiny import tiny_encoder_config
 
 from unifashion.cli import main
-from unifashion.commands import load_module
+from unifashion.api import UniFashion
 from unifashion.data.fashiongen import FashionGenDataModule
 from unifashion.data.synthetic.attributes import COLOURS
 from unifashion.data.vitonhd import VitonHDDataModule
-from unifashion.evaluate_tasks import run_fig, save_grid
+from unifashion.tasks.fig.evaluate import run_fig, save_grid
 from unifashion.models.encoder import EncoderConfig
 from unifashion.models.generator import Generator, GeneratorConfig
 from unifashion.models.tokenizers import train_wordpiece_tokenizer
@@ -115,7 +115,7 @@ def test_fit_run_fig_and_generate_command(dirs, tmp_path):
     assert "image_adapter.weight" in moved and any(k.startswith("unet.") for k in moved)
 
     model.train()
-    metrics = run_fig(model, root, tmp_path / "fig", max_items=3, steps=2, batch_size=2,
+    metrics = run_fig(UniFashion(model), root, tmp_path / "fig", max_items=3, steps=2, batch_size=2,
                       grid_path=tmp_path / "grid.png")
     assert model.training and model.generator.training  # evaluation hands the model back as it found it
     assert {"fig/fashiongen/queries/FID-proxy", "fig/fashiongen/queries/KID-proxy"} <= set(metrics)
@@ -128,7 +128,7 @@ def test_fit_run_fig_and_generate_command(dirs, tmp_path):
 
     ckpt = tmp_path / "gen.ckpt"
     trainer.save_checkpoint(ckpt)
-    reloaded = load_module(ckpt, device="cpu")
+    reloaded = UniFashion.from_checkpoint(ckpt, device="cpu").module
     for k, v in model.generator.state_dict().items():
         assert torch.equal(v, reloaded.generator.state_dict()[k]), k
     out = tmp_path / "generated"

@@ -8,7 +8,8 @@ import torch
 from fixtures_data import write_fashiongen
 from tiny import tiny_encoder_config
 
-from unifashion.commands import load_module, run_cmr
+from unifashion.api import UniFashion
+from unifashion.tasks.cmr.evaluate import run_cmr
 from unifashion.data.fashiongen import FashionGenDataModule
 from unifashion.models.tokenizers import train_wordpiece_tokenizer
 from unifashion.module import UniFashionModule
@@ -88,11 +89,11 @@ def test_fit_checkpoint_reload_and_eval(setup_dirs, tmp_path):
 
     ckpt = tmp_path / "m.ckpt"
     trainer.save_checkpoint(ckpt)
-    reloaded = load_module(ckpt, device="cpu")
+    reloaded = UniFashion.from_checkpoint(ckpt, device="cpu").module
     for k, v in model.state_dict().items():
         assert torch.equal(v, reloaded.state_dict()[k]), k
 
-    metrics = run_cmr(reloaded, root, protocols=("full",))
+    metrics = run_cmr(UniFashion(reloaded), root, protocols=("full",))
     assert set(metrics) >= {"cmr/fashiongen/full/i2t/R@1", "cmr/fashiongen/full/t2i/R@10"}
     assert all(0 <= v <= 100 for v in metrics.values())
 

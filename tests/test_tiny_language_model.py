@@ -71,7 +71,7 @@ def test_checkpoint_leaves_out_the_pretrained_llm_and_reloads_strictly(tokenizer
     from fixtures_data import write_fashiongen
     from test_captioning_pipeline import encoder_config
 
-    from unifashion.commands import load_module
+    from unifashion.api import UniFashion
     from unifashion.data.fashiongen import FashionGenDataModule
     from unifashion.models.tokenizers import train_wordpiece_tokenizer
     from unifashion.module import UniFashionModule
@@ -92,7 +92,7 @@ def test_checkpoint_leaves_out_the_pretrained_llm_and_reloads_strictly(tokenizer
     base = [k for k in model.state_dict() if k.startswith("captioner.language_model.") and "lora_" not in k]
     assert base and not any(k in saved for k in base)  # the frozen base LLM reloads from its directory
     assert any("lora_" in k for k in saved) and any(k.startswith("encoder.") for k in saved)
-    reloaded = load_module(tmp_path / "cap.ckpt", "cpu")
+    reloaded = UniFashion.from_checkpoint(tmp_path / "cap.ckpt", "cpu").module
     for k, v in model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[k], v, msg=lambda m, k=k: f"{k}: {m}")
     # loading stays strict for everything that is not a pretrained weight
@@ -100,4 +100,4 @@ def test_checkpoint_leaves_out_the_pretrained_llm_and_reloads_strictly(tokenizer
     ckpt["state_dict"].pop(next(k for k in ckpt["state_dict"] if "lora_" in k))
     torch.save(ckpt, tmp_path / "broken.ckpt")
     with pytest.raises(RuntimeError, match="Missing key"):
-        load_module(tmp_path / "broken.ckpt", "cpu")
+        UniFashion.from_checkpoint(tmp_path / "broken.ckpt", "cpu")

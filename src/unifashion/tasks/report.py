@@ -6,7 +6,7 @@ Every evaluation writes flat keys ``task/dataset/protocol/direction/metric`` (e.
 from that file with :func:`format_table`. The numbers of a reference run (e.g. the untrained model)
 sit under the same keys prefixed ``baseline/``.
 
-Run ``python -m unifashion.eval.report RUN_DIR [--baseline OTHER_RUN_DIR] [--paper]`` to print a table.
+Run ``python -m unifashion.tasks.report RUN_DIR [--baseline OTHER_RUN_DIR] [--paper]`` to print a table.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def format_table(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print the table of a run: ``python -m unifashion.eval.report RUN_DIR [--baseline DIR] [--paper]``."""
+    """Print the table of a run: ``python -m unifashion.tasks.report RUN_DIR [--baseline DIR] [--paper]``."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("run", help="run directory or metrics.json")
     parser.add_argument("--baseline", help="run directory or metrics.json of a reference run")

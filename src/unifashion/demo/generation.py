@@ -61,7 +61,8 @@ def generation_stage(
     Raises:
         FileNotFoundError: if `retrieval_ckpt` does not exist (run the retrieval stage first).
     """
-    from unifashion.evaluate_tasks import run_fig
+    from unifashion.api import UniFashion
+    from unifashion.tasks.fig.evaluate import run_fig
 
     retrieval_ckpt = Path(retrieval_ckpt)
     if not retrieval_ckpt.is_file():
@@ -75,7 +76,7 @@ def generation_stage(
     model = cli.model
 
     def evaluate(prefix: str, folder: str, grid: str) -> dict[str, float]:
-        return run_fig(model, data, out / folder, prefix=prefix, max_items=ev.max_items, sampler=ev.sampler,
+        return run_fig(UniFashion(model), data, out / folder, prefix=prefix, max_items=ev.max_items, sampler=ev.sampler,
                        steps=ev.steps, guidance_scale=ev.guidance_scale, seed=ev.seed, grid_path=out / grid)
 
     metrics = timer.run("eval_baseline_fig", lambda: evaluate("baseline/", "baseline", "baseline_grid.png"))

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from unifashion.eval.report import PAPER_NUMBERS, format_table, update_metrics_json
+from unifashion.tasks.report import PAPER_NUMBERS, format_table, update_metrics_json
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "lightning_configs" / "tiny"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "lightning_configs" / "tiny"
 STAGES = ("data", "retrieval", "captioning", "generation")
 LM_STEPS = 100
 """Pretraining steps of the tiny caption LLM written with the data (models/tiny_language_model.py)."""
@@ -33,7 +33,7 @@ def _config(name: str) -> Path:
 
 def build_cli(config: Path, run_dir: Path, data: Path, extra: list[str] | None = None):
     """LightningCLI (not run) on a tiny config, pointed at `data` and writing to `run_dir`."""
-    from unifashion.cli import lightning_main
+    from unifashion.cli.fit import lightning_main
 
     args = [
         "--config", str(config),
@@ -61,7 +61,8 @@ class Timer:
 
 
 def run_demo(args) -> int:
-    from unifashion.commands import run_cmr
+    from unifashion.api import UniFashion
+    from unifashion.tasks.cmr.evaluate import run_cmr
 
     # absolute: the checkpoints record the tokenizer, LLM and init_from paths, and are reloaded from
     # other working directories (notebooks/, eval commands)
@@ -75,37 +76,36 @@ def run_demo(args) -> int:
 
     if "data" in stages:
         marker = data / "fashiongen" / "fashiongen_256_256_validation.h5"
-        from unifashion.commands import TINY_LLM_DIR, synth_command, write_tiny_llm
+        from unifashion.cli.data import synthesize
+        from unifashion.models.tiny_assets import TINY_LLM_DIR, write_tiny_llm
 
         if marker.is_file() and (data / "tokenizers" / "qformer").is_dir():
             print(f"synthetic benchmark found at {data} (delete it to regenerate)")
             if not (data / TINY_LLM_DIR / "config.json").is_file():  # written by an older version
                 timer.run("data", lambda: write_tiny_llm(data, LM_STEPS))
         else:
-            from types import SimpleNamespace
-
-            timer.run("data", lambda: synth_command(SimpleNamespace(out=str(data), seed=0, scale=args.scale,
-                                                                    datasets=None, lm_steps=LM_STEPS)))
+            timer.run("data", lambda: synthesize(data, seed=0, scale=args.scale, lm_steps=LM_STEPS))
 
     retrieval_ckpt = run_dir / "retrieval.ckpt"  # a stable copy of the stage's last checkpoint
     if "retrieval" in stages:
         cli = build_cli(_config("phase1_retrieval.yaml"), run_dir / "retrieval", data,
                         ["--data.init_args.root", str(data / "fashiongen")])
-        metrics |= timer.run("eval_baseline_cmr", lambda: run_cmr(cli.model, data, prefix="baseline/"))
+        model = UniFashion(cli.model)  # the API on the module being trained (modes restored after each call)
+        metrics |= timer.run("eval_baseline_cmr", lambda: run_cmr(model, data, prefix="baseline/"))
         timer.run("train_retrieval", lambda: cli.trainer.fit(cli.model, cli.datamodule))
-        metrics |= timer.run("eval_cmr", lambda: run_cmr(cli.model, data))
+        metrics |= timer.run("eval_cmr", lambda: run_cmr(model, data))
         shutil.copyfile(cli.trainer.checkpoint_callback.last_model_path, retrieval_ckpt)
         print(f"retrieval checkpoint: {retrieval_ckpt}")
         update_metrics_json(metrics_path, metrics | timer.times)
 
     if "captioning" in stages:
-        from unifashion.demo_captioning import captioning_stage
+        from unifashion.demo.captioning import captioning_stage
 
         metrics |= captioning_stage(data, run_dir, retrieval_ckpt, timer, build_cli, _config)
         update_metrics_json(metrics_path, metrics | timer.times)
 
     if "generation" in stages:
-        from unifashion.demo_generation import generation_stage
+        from unifashion.demo.generation import generation_stage
 
         metrics |= generation_stage(data, run_dir, retrieval_ckpt, timer, build_cli, _config)
         update_metrics_json(metrics_path, metrics | timer.times)

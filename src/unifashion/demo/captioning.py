@@ -17,9 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from unifashion.commands import TINY_LLM_DIR
-from unifashion.eval.caption_attributes import ATTRIBUTES
-from unifashion.eval.captioning import METRICS
+from unifashion.api import UniFashion
+from unifashion.models.tiny_assets import TINY_LLM_DIR
+from unifashion.tasks.fic.attributes import ATTRIBUTES
+from unifashion.tasks.fic.protocol import METRICS
 
 CONFIG_NAME = "phase1_captioning.yaml"
 EVAL_ITEMS = 200
@@ -68,7 +69,7 @@ def captioning_stage(
     Raises:
         FileNotFoundError: the retrieval checkpoint or the tiny pretrained LLM is missing.
     """
-    from unifashion.evaluate_tasks import run_fic
+    from unifashion.tasks.fic.evaluate import run_fic
 
     retrieval_ckpt, data = Path(retrieval_ckpt), Path(data)
     if not retrieval_ckpt.is_file():
@@ -80,7 +81,7 @@ def captioning_stage(
     args = ["--data.init_args.root", str(data / "fashiongen"), "--model.init_from", str(retrieval_ckpt),
             "--model.captioner.llm", str(llm), *(extra or [])]
     cli = build_cli(config(CONFIG_NAME), stage_dir, data, args)
-    model = cli.model
+    model = UniFashion(cli.model)
 
     metrics: dict[str, float] = {}
     baseline: list[tuple[str, str]] = []
@@ -89,7 +90,7 @@ def captioning_stage(
         metrics=BASELINE_METRICS, examples=baseline))
     print("untrained captioner:")
     print_examples(baseline, 1)
-    timer.run("train_captioning", lambda: cli.trainer.fit(model, cli.datamodule))
+    timer.run("train_captioning", lambda: cli.trainer.fit(cli.model, cli.datamodule))
     examples: list[tuple[str, str]] = []
     metrics |= timer.run("eval_fic", lambda: run_fic(
         model, data, max_items=eval_items, max_new_tokens=MAX_NEW_TOKENS, examples=examples))

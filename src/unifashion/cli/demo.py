@@ -1,0 +1,21 @@
+"""`unifashion demo`: the main job on the synthetic benchmark (unifashion.demo.pipeline)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    from unifashion.demo.pipeline import STAGES
+
+    demo = sub.add_parser(name, help="the main job on the synthetic benchmark")
+    demo.add_argument("--data", default="data/synthetic")
+    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("--scale", choices=("tiny", "small", "medium"), default="small")
+    demo.add_argument("--stages", nargs="+", default=None, help=f"subset of stages to run: {' '.join(STAGES)}")
+
+
+def run(args) -> int:
+    from unifashion.demo.pipeline import run_demo
+
+    return run_demo(args)

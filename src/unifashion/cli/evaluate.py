@@ -1,0 +1,78 @@
+"""`unifashion eval cmr|cir|fic|fig|all`: the paper's protocols on a checkpoint; tables beside the
+paper's numbers; flat keys into `<run dir>/metrics.json`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+TASKS = ("cmr", "cir", "fic", "fig")
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    ev = sub.add_parser(name, help="evaluate a checkpoint with the paper's protocols")
+    ev.add_argument("task", choices=(*TASKS, "all"))
+    ev.add_argument("--ckpt", required=True)
+    ev.add_argument("--data", required=True, help="synthetic root (with fashiongen/ ...) or a dataset root")
+    ev.add_argument("--run-dir", default=None, help="where metrics.json goes (default: the checkpoint's folder)")
+    ev.add_argument("--protocols", nargs="+", default=["full", "sample100"])
+    ev.add_argument("--num-queries", type=int, default=1000, help="sample100: queries per direction and repeat")
+    ev.add_argument("--num-negatives", type=int, default=100, help="sample100: same-sub-category negatives")
+    ev.add_argument("--rerank-k", type=int, default=0, help="ITM re-ranking of the ITC top-k (0: off)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--max-items", type=int, default=None, help="cap on evaluated items (quick looks)")
+    ev.add_argument("--caption-weight", type=float, default=1.0, help="cir: weight w of the caption term")
+    ev.add_argument("--prefix", default="", help="prefix for the metric keys (e.g. baseline/)")
+
+
+def evaluate(model, task: str, args, run_dir: Path) -> dict[str, float] | None:
+    """Metrics of one task, or None when the checkpoint cannot do it (said on stdout)."""
+    if task == "cmr":
+        from unifashion.tasks.cmr.evaluate import run_cmr
+
+        return run_cmr(model, args.data, protocols=args.protocols, rerank_k=args.rerank_k, seed=args.seed,
+                       prefix=args.prefix, batch_size=args.batch_size, num_queries=args.num_queries,
+                       num_negatives=args.num_negatives)
+    if task == "cir":
+        from unifashion.tasks.cir.evaluate import run_cir
+
+        return run_cir(model, args.data, prefix=args.prefix, caption_weight=args.caption_weight,
+                       batch_size=args.batch_size)
+    if task == "fic":
+        if not model.capabilities.caption:
+            print("fic: skipped (this checkpoint has no captioner)")
+            return None
+        from unifashion.tasks.fic.evaluate import run_fic
+
+        return run_fic(model, args.data, prefix=args.prefix, max_items=args.max_items)
+    if task == "fig":
+        if not model.capabilities.generate:
+            print("fig: skipped (this checkpoint has no generator)")
+            return None
+        from unifashion.tasks.fig.evaluate import run_fig
+
+        return run_fig(model, args.data, run_dir / "generated", prefix=args.prefix, max_items=args.max_items)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def run(args) -> int:
+    from unifashion.api import UniFashion
+    from unifashion.tasks.report import PAPER_NUMBERS, format_table, update_metrics_json
+
+    model = UniFashion.from_checkpoint(args.ckpt)
+    print(f"checkpoint {args.ckpt}: {model.capabilities}")
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.ckpt).resolve().parent
+    metrics: dict[str, float] = {}
+    for task in TASKS if args.task == "all" else (args.task,):
+        start = time.perf_counter()
+        result = evaluate(model, task, args, run_dir)
+        if result is None:
+            continue
+        metrics |= result
+        metrics[f"{args.prefix}time/eval_{task}_s"] = time.perf_counter() - start
+    update_metrics_json(run_dir / "metrics.json", metrics)
+    print(format_table(metrics, paper=PAPER_NUMBERS))
+    print(f"metrics written to {run_dir / 'metrics.json'}")
+    return 0

@@ -1,0 +1,84 @@
+"""The tiny pretrained parts of the CPU configurations, built from the synthetic benchmark.
+
+A real run loads its tokenizers and LLM from hub ids or directories; the tiny configurations load
+theirs from directories that `unifashion data synth` writes under the synthetic root, through the
+very same `from_pretrained` calls:
+
+  tokenizers/qformer   WordPiece tokenizer of the tiny Q-Former
+  tokenizers/llm       BPE tokenizer of the tiny caption LLM (also knows the prompt texts)
+  pretrained/llm       tiny Llama pretrained on the synthetic captions, text only
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TOKENIZER_DIRS = {"qformer": "tokenizers/qformer", "llm": "tokenizers/llm"}
+"""Tiny tokenizers trained on the synthetic captions, relative to the synthetic root."""
+
+TINY_LLM_DIR = "pretrained/llm"
+"""The tiny caption LLM pretrained on the synthetic captions (models/tiny_language_model.py)."""
+
+
+def _training_records(root: Path) -> list[dict]:
+    """Sidecar records of the synthetic training images (FileNotFoundError when there are none)."""
+    records: list[dict] = []
+    for sidecar in sorted(Path(root).glob("*/attributes.jsonl")):
+        with open(sidecar, encoding="utf-8") as f:
+            records.extend(rec for rec in map(json.loads, f) if rec.get("split") in ("train", None))
+    if not records:
+        raise FileNotFoundError(f"no synthetic sidecar (*/attributes.jsonl) with training captions under {root}")
+    return records
+
+
+def synthetic_captions(root: Path) -> list[str]:
+    """Every caption (all three styles) and modifying text of the synthetic training images."""
+    texts: list[str] = []
+    for rec in _training_records(root):
+        texts.extend(rec["captions"].values())
+        texts.extend(rec.get("modifying_texts", []) or [])
+    return texts
+
+
+def synthetic_styled_captions(root: Path) -> list[tuple[str, str]]:
+    """(style, caption) of every synthetic training image, from the sidecars."""
+    return [pair for rec in _training_records(root) for pair in sorted(rec["captions"].items())]
+
+
+def prompt_texts() -> list[str]:
+    """Every caption prompt the LLM reads (each instruction paraphrase in the paper's template)."""
+    from unifashion.models.instructions import INSTRUCTIONS, text_only_prompt
+
+    return [text_only_prompt(text) for options in INSTRUCTIONS.values() for text in options]
+
+
+def write_tiny_tokenizers(root: Path) -> dict[str, Path]:
+    """Trains the tiny Q-Former (WordPiece) and LLM (BPE) tokenizers of the tiny configs.
+
+    The LLM tokenizer also learns the prompt texts, as a real LLM's tokenizer knows English: a
+    prompt is then ~20 tokens instead of ~60 byte-level pieces, which shortens every caption
+    sequence by about a third.
+    """
+    from unifashion.models.tokenizers import train_bpe_tokenizer, train_wordpiece_tokenizer
+
+    root = Path(root)
+    texts = synthetic_captions(root)
+    out = {name: root / rel for name, rel in TOKENIZER_DIRS.items()}
+    train_wordpiece_tokenizer(texts, out["qformer"], vocab_size=1000)
+    train_bpe_tokenizer(texts + prompt_texts(), out["llm"], vocab_size=1000)
+    return out
+
+
+def write_tiny_llm(root: Path, steps: int) -> dict:
+    """Pretrains the tiny caption LLM on the synthetic captions into ``root/pretrained/llm``."""
+    from unifashion.models.tiny_language_model import (
+        TinyLanguageModelConfig,
+        pretrain_tiny_language_model,
+        pretraining_texts,
+    )
+
+    root = Path(root)
+    texts = pretraining_texts(synthetic_styled_captions(root))
+    return pretrain_tiny_language_model(texts, root / TOKENIZER_DIRS["llm"], root / TINY_LLM_DIR,
+                                        TinyLanguageModelConfig(steps=steps))
