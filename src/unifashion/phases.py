@@ -2,17 +2,20 @@
 
 A phase is a named row: which loss terms are computed (with their default weights), which batch
 kind each term consumes, and which parameter groups train. A term with weight 0 is not computed.
-Freezing happens in exactly one place, :func:`apply_freeze_policy`.
+Freezing happens in exactly one place, :func:`unifashion.models.freezing.apply_freeze_policy`,
+which the module calls with the phase's `trains` groups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
+
+from unifashion.models.freezing import apply_freeze_policy  # noqa: F401 (the policy of the phase table)
 
 PhaseName = Literal[
     "phase1_retrieval",
@@ -27,7 +30,7 @@ PhaseName = Literal[
 # Parameter groups every submodule reports through `parameter_groups()`.
 ENCODER_GROUPS = ("vision", "qformer", "projections", "itm_head", "temperature")
 CAPTIONER_GROUPS = ("text_adapter", "lora")
-GENERATOR_GROUPS = ("image_adapter", "unet", "unet_input")
+GENERATOR_GROUPS = ("image_adapter", "unet", "unet_input", "unet_control")  # unet_control: Figure 3 copy
 
 
 @dataclass(frozen=True)
@@ -90,19 +93,20 @@ PHASES: dict[str, Phase] = {
             ("qformer", "projections", "itm_head", "temperature", "text_adapter", "image_adapter"),
             ("encoder", "captioner", "generator"),
         ),
-        # Try-on / design fine-tuning (paper: the Q-Former; the widened UNet input learns too).
+        # Try-on / design fine-tuning (paper: the Q-Former; the widened UNet input and, with
+        # controlnet_copy, the UNet-encoder copy of Figure 3 learn too).
         Phase(
             "finetune_tryon",
             {"denoise": 1.0},
             {"denoise": "tryon"},
-            ("qformer", "image_adapter", "unet_input"),
+            ("qformer", "image_adapter", "unet_input", "unet_control"),
             ("encoder", "generator"),
         ),
         Phase(
             "finetune_design",
             {"denoise": 1.0},
             {"denoise": "tryon"},
-            ("qformer", "image_adapter", "unet_input"),
+            ("qformer", "image_adapter", "unet_input", "unet_control"),
             ("encoder", "generator"),
         ),
     )
@@ -127,36 +131,6 @@ def resolve_loss_weights(phase: Phase, overrides: Mapping[str, float] | None) ->
             )
         weights[name] = float(value)
     return weights
-
-
-def apply_freeze_policy(
-    groups: Mapping[str, Iterable[nn.Parameter]],
-    trains: Iterable[str],
-    exclude: Iterable[str] = (),
-) -> dict[str, int]:
-    """Freezes every parameter, then unfreezes the groups in `trains` minus `exclude`.
-
-    Args:
-        groups: parameter group name -> parameters (the union of the submodules' groups).
-        trains: the groups the phase trains.
-        exclude: groups kept frozen regardless (e.g. "vision" when `freeze_vision` is set).
-
-    Returns:
-        group name -> number of trainable parameter elements, for logging.
-    """
-    trains = set(trains) - set(exclude)
-    counts: dict[str, int] = {}
-    seen: set[int] = set()
-    for name, params in groups.items():
-        n = 0
-        for p in params:
-            if id(p) in seen:
-                raise ValueError(f"parameter in group {name!r} also belongs to another group")
-            seen.add(id(p))
-            p.requires_grad_(name in trains)
-            n += p.numel() if name in trains else 0
-        counts[name] = n
-    return counts
 
 
 def trainable_parameters(module: nn.Module) -> list[torch.nn.Parameter]:

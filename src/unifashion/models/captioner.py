@@ -300,7 +300,6 @@ class Captioner(nn.Module):
             else:
                 language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not isinstance(language_model, PeftModel):
-            language_model.requires_grad_(False)
             if config.use_lora:
                 lora = LoraConfig(
                     r=config.lora_rank,
@@ -589,7 +588,6 @@ class Captioner(nn.Module):
             language_model = load_language_model(base_dir, config.torch_dtype)
         else:
             language_model = load_language_model(config.llm, config.torch_dtype)
-        language_model.requires_grad_(False)
         if config.use_lora:
             lora_dir = root / LORA_DIR
             if not (lora_dir / "adapter_config.json").is_file():

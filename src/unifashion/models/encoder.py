@@ -242,9 +242,6 @@ class MultimodalEncoder(nn.Module):
             self.model.activation_checkpointing_enable(
                 activation_checkpointing_kwargs={"use_reentrant": False}
             )
-        self.set_trainable(
-            [name for name in self.parameter_groups() if not (config.freeze_vision and name == "vision")]
-        )
         self.train()  # HF from_pretrained returns eval mode; a new nn.Module starts in train mode
 
     # ------------------------------------------------------------------ construction
@@ -389,16 +386,6 @@ class MultimodalEncoder(nn.Module):
         """The parameters of the vision model (the "vision" group)."""
         return self.parameter_groups()["vision"]
 
-    def set_trainable(self, groups: list[str] | tuple[str, ...] | set[str]) -> None:
-        """Make exactly the named groups trainable and freeze the others (the one place that sets requires_grad)."""
-        known = self.parameter_groups()
-        unknown = set(groups) - set(known)
-        if unknown:
-            raise ValueError(f"unknown parameter groups {sorted(unknown)}; known: {sorted(known)}")
-        for name, params in known.items():
-            for param in params:
-                param.requires_grad_(name in groups)
-
     def trainable_groups(self) -> list[str]:
         """Names of the groups whose parameters currently all train."""
         return [name for name, ps in self.parameter_groups().items() if all(p.requires_grad for p in ps)]
@@ -430,11 +417,9 @@ class MultimodalEncoder(nn.Module):
         return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
 
     def encode_vision(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Run the vision model: (B, 3, S, S) -> (B, P, Hv) (no autograd graph when the ViT is frozen)."""
-        if any(p.requires_grad for p in self.model.vision_model.parameters()):
-            return self.model.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, P, Hv)
-        with torch.no_grad():
-            return self.model.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, P, Hv)
+        """Run the vision model: (B, 3, S, S) -> (B, P, Hv) (autograd builds no graph when the freeze
+        policy froze the ViT: no parameter and no input then requires a gradient)."""
+        return self.model.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, P, Hv)
 
     def encode_image(
         self, pixel_values: torch.Tensor | None = None, vision_embeds: torch.Tensor | None = None
