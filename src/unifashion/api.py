@@ -20,7 +20,6 @@ through this class; nothing else reaches into the encoder.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -368,7 +367,7 @@ class UniFashion:
         feats = self.embed_images(images, batch_size)  # (N, Q, E)
         ids = list(range(feats.shape[0])) if ids is None else list(ids)
         caption_feats = self.embed_texts(list(captions)) if captions is not None else None
-        return GalleryIndex(self, FeatureIndex.build(feats, ids, settings), caption_feats)
+        return GalleryIndex(self, FeatureIndex(feats, ids, settings), caption_feats)
 
 
 def to_pil(image: Tensor) -> Image.Image:
@@ -425,7 +424,8 @@ class GalleryIndex:
 
     def _search_with_captions(self, query: Tensor, k: int, weight: float) -> list[tuple[Any, float]]:
         """Exact composed score over every gallery image (image term + weight x caption term)."""
-        image_term = self.features.scores(query)  # (1, N) exact max-over-queries
+        vectors = torch.from_numpy(self.features.vectors())  # (N, Q, E)
+        image_term = score_matrix(vectors, query.float()).t()  # (1, N) exact max-over-queries (eq. 3)
         caption_term = query.float() @ self.caption_features.float().t()  # (1, N)
         scores = (image_term + weight * caption_term)[0]
         top = scores.topk(min(k, scores.numel()))
@@ -446,15 +446,3 @@ class GalleryIndex:
         captions = directory / cls.CAPTIONS_FILE
         caption_features = torch.load(captions, map_location="cpu") if captions.is_file() else None
         return cls(model, features, caption_features)
-
-
-def score_gallery(query_feats: Tensor, gallery_feats: Tensor) -> Tensor:
-    """(M, E) queries x (N, Q, E) gallery -> (M, N) max-over-queries scores (eq. 3)."""
-    return score_matrix(gallery_feats, query_feats).t()
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
-    return path

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -23,26 +21,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     )
 
 
-def synthesize(out: str | Path, seed: int = 0, scale: str = "small", datasets=None, lm_steps: int = 100) -> int:
-    """Writes the benchmark, the tiny tokenizers and (lm_steps > 0) the tiny pretrained caption LLM."""
-    from unifashion.data.synthetic.benchmark import write_benchmark
-    from unifashion.models.tiny_assets import TINY_LLM_DIR, write_tiny_llm, write_tiny_tokenizers
-
-    out = Path(out)
-    start = time.perf_counter()
-    kwargs = {"datasets": tuple(datasets)} if datasets else {}
-    summary = write_benchmark(out, seed=seed, scale=scale, **kwargs)
-    tokenizers = write_tiny_tokenizers(out)
-    print(summary)
-    for name, path in tokenizers.items():
-        print(f"tiny {name} tokenizer: {path}")
-    if lm_steps > 0:
-        report = write_tiny_llm(out, lm_steps)
-        print(f"tiny caption LLM: {out / TINY_LLM_DIR} ({lm_steps} steps on {report['texts']} prompt+caption "
-              f"texts, loss {report['first_loss']:.2f} -> {report['last_loss']:.2f}, {report['seconds']:.1f} s)")
-    print(f"synthetic benchmark written to {out} in {time.perf_counter() - start:.1f} s")
-    return 0
-
-
 def run(args) -> int:
+
     return synthesize(args.out, args.seed, args.scale, args.datasets, args.lm_steps)
+
+from unifashion.models.tiny_assets import synthesize  # noqa: E402,F401 (re-exported for scripts)

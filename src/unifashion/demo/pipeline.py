@@ -33,7 +33,7 @@ def _config(name: str) -> Path:
 
 def build_cli(config: Path, run_dir: Path, data: Path, extra: list[str] | None = None):
     """LightningCLI (not run) on a tiny config, pointed at `data` and writing to `run_dir`."""
-    from unifashion.cli.fit import lightning_main
+    from unifashion.lightning_cli import lightning_main
 
     args = [
         "--config", str(config),
@@ -76,8 +76,7 @@ def run_demo(args) -> int:
 
     if "data" in stages:
         marker = data / "fashiongen" / "fashiongen_256_256_validation.h5"
-        from unifashion.cli.data import synthesize
-        from unifashion.models.tiny_assets import TINY_LLM_DIR, write_tiny_llm
+        from unifashion.models.tiny_assets import TINY_LLM_DIR, synthesize, write_tiny_llm
 
         if marker.is_file() and (data / "tokenizers" / "qformer").is_dir():
             print(f"synthetic benchmark found at {data} (delete it to regenerate)")

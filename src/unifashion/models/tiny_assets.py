@@ -12,6 +12,7 @@ very same `from_pretrained` calls:
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 TOKENIZER_DIRS = {"qformer": "tokenizers/qformer", "llm": "tokenizers/llm"}
@@ -82,3 +83,23 @@ def write_tiny_llm(root: Path, steps: int) -> dict:
     texts = pretraining_texts(synthetic_styled_captions(root))
     return pretrain_tiny_language_model(texts, root / TOKENIZER_DIRS["llm"], root / TINY_LLM_DIR,
                                         TinyLanguageModelConfig(steps=steps))
+
+
+def synthesize(out: str | Path, seed: int = 0, scale: str = "small", datasets=None, lm_steps: int = 100) -> int:
+    """Writes the benchmark, the tiny tokenizers and (lm_steps > 0) the tiny pretrained caption LLM."""
+    from unifashion.data.synthetic.benchmark import write_benchmark
+
+    out = Path(out)
+    start = time.perf_counter()
+    kwargs = {"datasets": tuple(datasets)} if datasets else {}
+    summary = write_benchmark(out, seed=seed, scale=scale, **kwargs)
+    tokenizers = write_tiny_tokenizers(out)
+    print(summary)
+    for name, path in tokenizers.items():
+        print(f"tiny {name} tokenizer: {path}")
+    if lm_steps > 0:
+        report = write_tiny_llm(out, lm_steps)
+        print(f"tiny caption LLM: {out / TINY_LLM_DIR} ({lm_steps} steps on {report['texts']} prompt+caption "
+              f"texts, loss {report['first_loss']:.2f} -> {report['last_loss']:.2f}, {report['seconds']:.1f} s)")
+    print(f"synthetic benchmark written to {out} in {time.perf_counter() - start:.1f} s")
+    return 0

@@ -1,10 +1,14 @@
 """Evaluation of generated images: FID / KID, CLIP-S, colour controllability, and the output layout.
 
-- FID and KID (torchmetrics) use the standard Inception-v3 features when torch-fidelity and its weights
-  are available (numbers comparable to the paper's Table 3); otherwise a deterministic, download-free
-  proxy extractor (`ProxyImageFeatures`) and keys ending in `-proxy`
-  (`fig/<dataset>/<setting>/FID-proxy`) so the two are never confused. KID is the raw value (papers
-  often report x100 or x1000; DATASETS.md 6.5).
+- FID and KID (torchmetrics) use the standard FID Inception-v3 features (numbers comparable to the paper's
+  Table 3) when a local weights file is given (`inception_weights=`, or the environment variable
+  `UNIFASHION_INCEPTION_WEIGHTS`: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` or torch-fidelity's
+  `weights-inception-2015-12-05-6726825d.pth`, loaded by `tasks/fig/inception.py`), or when torch-fidelity
+  and its cached weights are installed; otherwise a deterministic, download-free proxy extractor
+  (`ProxyImageFeatures`) and keys ending in `-proxy` (`fig/<dataset>/<setting>/FID-proxy`) so the two
+  are never confused. KID is the raw value (papers often report x100 or x1000; DATASETS.md 6.5).
+- Paired SSIM (torchmetrics `StructuralSimilarityIndexMeasure`, Gaussian 11 x 11, sigma 1.5, data range 1)
+  between each paired try-on result and its real person image (`PairedSsim`).
 - CLIP-S (torchmetrics `CLIPScore`) on a LOCAL CLIP directory, with an adapter for transformers 5 whose
   `get_image_features` / `get_text_features` return a model output (projected embedding in
   `pooler_output`) rather than a tensor.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -30,6 +35,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.image.ssim import StructuralSimilarityIndexMeasure
 from torchmetrics.multimodal.clip_score import CLIPScore
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,8 @@ log = logging.getLogger(__name__)
 SETTINGS = ("paired", "unpaired")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 INCEPTION_FEATURES = 2048
+INCEPTION_WEIGHTS_ENV = "UNIFASHION_INCEPTION_WEIGHTS"
+"""Environment variable naming a local FID Inception weights file, used when no path is passed."""
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -77,26 +85,39 @@ class ProxyImageFeatures(nn.Module):
         return torch.cat([hist, thumb, proj], dim=1)
 
 
-def build_feature_extractor(kind: Literal["auto", "inception", "proxy"] = "auto") -> tuple[int | nn.Module, bool]:
+def build_feature_extractor(
+    kind: Literal["auto", "inception", "proxy"] = "auto", inception_weights: str | Path | None = None
+) -> tuple[int | nn.Module, bool]:
     """Pick the FID/KID feature extractor.
 
     Args:
-        kind: "inception" requires torch-fidelity and its Inception weights; "proxy" always uses
-            `ProxyImageFeatures`; "auto" tries Inception and falls back to the proxy with a logged warning.
+        kind: "inception" requires Inception weights (a local file, or torch-fidelity with its cached
+            weights); "proxy" always uses `ProxyImageFeatures`; "auto" uses Inception when available and
+            falls back to the proxy with a logged warning.
+        inception_weights: a local FID Inception state-dict file (`tasks/fig/inception.py`); None reads
+            `UNIFASHION_INCEPTION_WEIGHTS`. A path that is given must exist (a typo is an error, not a proxy).
 
     Returns:
-        (the `feature` argument for torchmetrics, is_proxy).
+        (the `feature` argument for torchmetrics: a module or torch-fidelity's feature width, is_proxy).
     """
     if kind not in ("auto", "inception", "proxy"):
         raise ValueError(f"feature kind must be 'auto', 'inception' or 'proxy', got {kind!r}")
     if kind == "proxy":
         return ProxyImageFeatures(), True
+    weights = inception_weights if inception_weights is not None else os.environ.get(INCEPTION_WEIGHTS_ENV) or None
+    if weights is not None:
+        from unifashion.tasks.fig.inception import load_fid_inception
+
+        return load_fid_inception(weights), False  # raises naming the file when it is missing or wrong
     try:
         FrechetInceptionDistance(feature=INCEPTION_FEATURES)  # imports torch-fidelity, loads the weights
     except Exception as err:  # noqa: BLE001 - any failure (missing package, no weights offline) -> proxy
         if kind == "inception":
-            raise RuntimeError(f"Inception FID features unavailable (torch-fidelity + weights needed): {err}") from err
-        log.warning("Inception features unavailable (%s); using the proxy extractor: keys end in '-proxy'", err)
+            raise RuntimeError(f"Inception FID features unavailable: give a local weights file (inception_weights= "
+                               f"or ${INCEPTION_WEIGHTS_ENV}: pt_inception-2015-12-05-6726825d.pth) or install "
+                               f"torch-fidelity with its weights ({err})") from err
+        log.warning("Inception features unavailable (%s); using the proxy extractor: keys end in '-proxy' "
+                    "(give a local weights file with $%s for the real FID/KID)", err, INCEPTION_WEIGHTS_ENV)
         return ProxyImageFeatures(), True
     return INCEPTION_FEATURES, False
 
@@ -112,18 +133,20 @@ class FidKid:
         kid_subsets: KID subsets.
         kid_subset_size: KID subset size (capped at the number of real / generated images).
         seed: seed of KID's subset sampling.
+        inception_weights: local FID Inception weights file (see `build_feature_extractor`).
     """
 
     def __init__(self, dataset: str, setting: str, feature: str | nn.Module = "auto", kid_subsets: int = 100,
-                 kid_subset_size: int = 1000, seed: int = 0) -> None:
+                 kid_subset_size: int = 1000, seed: int = 0, inception_weights: str | Path | None = None) -> None:
         if isinstance(feature, nn.Module):
             feat, self.is_proxy = feature, True
         else:
-            feat, self.is_proxy = build_feature_extractor(feature)
+            feat, self.is_proxy = build_feature_extractor(feature, inception_weights)
         self.prefix = f"fig/{dataset}/{setting}"
         self.seed = seed
         self.kid_subset_size = kid_subset_size
-        normalize = not self.is_proxy  # Inception: float [0,1] -> uint8 inside torchmetrics
+        # torch-fidelity's Inception: float [0,1] -> uint8 inside torchmetrics; modules take float [0, 1]
+        normalize = isinstance(feat, int)
         self.fid = FrechetInceptionDistance(feature=feat, normalize=normalize)
         with warnings.catch_warnings():  # "KID keeps every feature in memory": known and intended
             warnings.simplefilter("ignore", UserWarning)
@@ -152,6 +175,32 @@ class FidKid:
             torch.manual_seed(self.seed)
             kid_mean, _ = self.kid.compute()
         return {f"{self.prefix}/FID{suffix}": float(self.fid.compute()), f"{self.prefix}/KID{suffix}": float(kid_mean)}
+
+
+class PairedSsim:
+    """Mean SSIM between generated images and their real counterparts (paired try-on), streamed.
+
+    torchmetrics `StructuralSimilarityIndexMeasure` with its defaults (Gaussian kernel 11, sigma 1.5,
+    k1 0.01, k2 0.03) and data range 1 on images in [0, 1]; the key is `fig/<dataset>/paired/SSIM`.
+    """
+
+    def __init__(self, dataset: str) -> None:
+        self.key = f"fig/{dataset}/paired/SSIM"
+        self.metric = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.n = 0
+
+    def update(self, generated: Tensor, real: Tensor) -> None:
+        """Add a batch: float (B, 3, H, W) in [0, 1] each, same shapes."""
+        if generated.shape != real.shape or generated.dim() != 4:
+            raise ValueError(f"generated {tuple(generated.shape)} and real {tuple(real.shape)} must be the same "
+                             "(B, 3, H, W)")
+        self.metric.update(generated.float().clamp(0, 1), real.float().clamp(0, 1))
+        self.n += generated.shape[0]
+
+    def compute(self) -> dict[str, float]:
+        if not self.n:
+            raise ValueError("SSIM needs at least one image pair")
+        return {self.key: float(self.metric.compute())}
 
 
 # ---------------------------------------------------------------------------------------------- CLIP-S
@@ -339,6 +388,7 @@ def evaluate_folder(
     batch_size: int = 32,
     kid_subset_size: int = 1000,
     metrics_file: str | Path | None = None,
+    inception_weights: str | Path | None = None,
 ) -> dict[str, float]:
     """FID/KID (and CLIP-S when a CLIP path and captions are given) of `<generated_dir>/<setting>/`.
 
@@ -353,6 +403,7 @@ def evaluate_folder(
         batch_size: images per batch.
         kid_subset_size: KID subset size.
         metrics_file: optional JSON file to merge the metrics into.
+        inception_weights: local FID Inception weights file (see `build_feature_extractor`).
 
     Returns:
         flat metric dict, e.g. {"fig/vitonhd/unpaired/FID": ..., ".../KID": ..., ".../CLIP-S": ...}.
@@ -361,7 +412,8 @@ def evaluate_folder(
     real_files = _image_files(Path(real_dir))
     with Image.open(gen_files[0]) as first:
         size = (first.height, first.width)
-    fidkid = FidKid(dataset, setting, feature=feature, kid_subset_size=kid_subset_size)
+    fidkid = FidKid(dataset, setting, feature=feature, kid_subset_size=kid_subset_size,
+                    inception_weights=inception_weights)
     for i in range(0, len(real_files), batch_size):
         fidkid.update(_load_batch(real_files[i: i + batch_size], size), real=True)
     clip = None
