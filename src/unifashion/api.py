@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from unifashion.data.transforms import ImageTransform
 from unifashion.index import GalleryIndex as FeatureIndex
@@ -101,6 +101,7 @@ class UniFashion:
         self.module = module
         self.show_progress = show_progress
         self._transform = ImageTransform(size=self.encoder.config.image_size)
+        self._warned_compose = False
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -262,9 +263,10 @@ class UniFashion:
         """Composed queries (reference image + modifying text, bi-directional mask; eq. 9): the
         projected text [CLS] output e_cls, float (B, E), L2-normalised; score it against
         `embed_images` of the gallery with `scoring.score_matrix` (max over the gallery's queries)."""
-        if not self.capabilities.compose:
+        if not self.capabilities.compose and not self._warned_compose:
             log.warning("compose on a %s checkpoint: the fusion was not trained (phase2_composed trains it)",
                         self.module.phase.name)
+            self._warned_compose = True
         return self._fuse(images, texts, batch_size)[1]
 
     def composed_queries(self, images: Any, texts: str | Sequence[str], batch_size: int = 64) -> Tensor:
@@ -399,14 +401,19 @@ class GalleryIndex:
         return len(self.features)
 
     def search(self, text: str | None = None, image: ImageLike | None = None, modifier: str | None = None,
-               k: int = 10, caption_weight: float = 1.0) -> list[tuple[Any, float]]:
+               k: int = 10, caption_weight: float = 1.0, exclude: Sequence[Any] = ()) -> list[tuple[Any, float]]:
         """The k best gallery items, best first, as (id, score).
 
         - `text`: text -> image, score max_q(image_q . text) (eq. 3);
         - `image`: image -> image (see `unifashion.index` for the similarity);
         - `image` + `modifier`: composed retrieval, max_q(image_q . e_cls) + caption_weight x
-          (caption . e_cls) when the gallery holds caption features.
+          (caption . e_cls) when the gallery holds caption features;
+        - `exclude`: ids left out of the results (e.g. the reference image itself).
         """
+        if exclude:
+            skip = set(exclude)
+            hits = self.search(text, image, modifier, min(len(self), k + len(skip)), caption_weight)
+            return [h for h in hits if h[0] not in skip][:k]
         if modifier is not None:
             if image is None:
                 raise ValueError("search(modifier=...) needs the reference image too")
