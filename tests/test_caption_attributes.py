@@ -9,7 +9,7 @@ import pytest
 
 from unifashion.data.synthetic.attributes import SUBCATEGORIES, sample_garment
 from unifashion.data.synthetic.captions import parse_professional, professional
-from unifashion.eval.caption_attributes import attribute_accuracy, read_product_attributes
+from unifashion.tasks.fic.attributes import attribute_accuracy, read_product_attributes
 
 
 def test_parser_inverts_the_caption_writer_for_every_subcategory():

@@ -159,11 +159,15 @@ def test_caption_pairs(tmp_path):
     root = write_fashioniq(tmp_path)
     caps = [{"image": "D4", "caption": "a red dress"}, {"image": "D5", "caption": ""}, {"image": "D6"}]
     (root / "caps.json").write_text(json.dumps(caps))
-    with pytest.raises(BadSampleError, match=r"caps\.json.*entry 2"):
+    with pytest.raises(BadSampleError, match=r"caps\.json: entry 1 \(D5\): empty caption"):
         make(tmp_path, captions_file="caps.json").caption_pairs()
+    caps.append({"image": "D1", "caption": "a blue dress"})
+    (root / "caps.json").write_text(json.dumps(caps))
     dm = make(tmp_path, captions_file="caps.json", on_bad_sample="skip")
     b = next(iter(dm.caption_pairs_dataloader()))
-    assert b["kind"] == "pairs" and sorted(b["text"]) == ["", "a red dress"]
+    # the empty caption (entry 1) and the entry without one (entry 2) are counted skips
+    assert dm.skip_counts["empty_text"] == 1 and dm.skip_counts["malformed_json"] == 1
+    assert b["kind"] == "pairs" and sorted(b["text"]) == ["a blue dress", "a red dress"]
     assert sorted(b["product_id"].tolist()) == [0, 1]
     with pytest.raises(ValueError, match="captions_file"):
         make(tmp_path).caption_pairs()

@@ -9,7 +9,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from unifashion.eval.captioning import METRICS, caption_metrics, metric_keys, one_reference_per_product
+from unifashion.tasks.fic.protocol import METRICS, caption_metrics, metric_keys, one_reference_per_product
 
 FAST = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr")
 

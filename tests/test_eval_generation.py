@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from unifashion.eval.generation import (
+from unifashion.tasks.fig.protocol import (
     FidKid,
     ProxyImageFeatures,
     build_feature_extractor,
@@ -219,7 +219,7 @@ def test_write_generated_and_evaluate_folder(tmp_path, tiny_clip_dir, caplog):
     real_dir.mkdir()
     for i, im in enumerate(to_uint8(_images(5, 6, shift=0.2, size=(40, 36)))):
         Image.fromarray(im.permute(1, 2, 0).numpy()).save(real_dir / f"{i:05d}_00.png")
-    with caplog.at_level(logging.INFO, logger="unifashion.eval.generation"):
+    with caplog.at_level(logging.INFO, logger="unifashion.tasks.fig.protocol"):
         out = evaluate_folder(tmp_path / "out", real_dir, "vitonhd", "unpaired", feature="proxy",
                               metrics_file=tmp_path / "metrics.json")
     assert "CLIP-S skipped" in caplog.text

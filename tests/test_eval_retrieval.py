@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from unifashion.eval.retrieval import (
+from unifashion.tasks.cmr.protocol import (
     RetrievalEvalConfig,
     TopKScores,
     block100_protocol,

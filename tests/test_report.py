@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from unifashion.eval import report
-from unifashion.eval.report import PAPER_NUMBERS, format_table, load_metrics, main, update_metrics_json
+from unifashion.tasks import report
+from unifashion.tasks.report import PAPER_NUMBERS, format_table, load_metrics, main, update_metrics_json
 
 
 def test_update_metrics_json_merges_sorted(tmp_path):

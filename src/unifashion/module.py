@@ -7,6 +7,9 @@ and which parameter groups train.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import pickle
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,8 +19,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from unifashion.data.batch import PAIRS, TRYON
+from unifashion.callbacks import LoaderStateCallback, NonFiniteGuard, OnNonFinite, RngStateCallback
+from unifashion.data.batch import PAIRS, TRIPLETS, TRYON
 from unifashion.data.transforms import denormalize
+from unifashion.losses import distributed
+from unifashion.losses.composed_contrastive import ComposedItcLoss, ids_from_strings
+from unifashion.losses.composed_matching import ComposedItmLoss
 from unifashion.losses.contrastive import ItcLoss
 from unifashion.losses.matching import ItmLoss
 from unifashion.models.captioner import Captioner, CaptionerConfig
@@ -27,8 +34,8 @@ from unifashion.models.query_cache import FrozenQueryCache
 from unifashion.optim import OptimizerConfig, build_optimizer
 from unifashion.phases import PhaseName, apply_freeze_policy, get_phase, resolve_loss_weights
 
-IMPLEMENTED_TERMS = frozenset({"itc", "itm", "itg", "denoise"})
-"""Loss terms `compute_losses` computes; the composed-retrieval terms of phase 2 are not written yet."""
+IMPLEMENTED_TERMS = frozenset({"itc", "itm", "itg", "denoise", "cir_itc_img", "cir_itc_cap", "cir_itm"})
+"""Loss terms `compute_losses` computes (phase 1 pairs, phase 2 triplets, try-on)."""
 
 
 class UniFashionModule(L.LightningModule):
@@ -53,6 +60,8 @@ class UniFashionModule(L.LightningModule):
             most this many distinct training images once and read them back afterwards
             (`models.query_cache`; exact, keyed by image content; host memory
             ``size * Q * H_q * 4`` bytes). 0 switches it off.
+        on_nonfinite: a NaN/inf loss term or gradient "raise"s `callbacks.NonFiniteError` (naming the
+            step and the term) or "skip"s the update (counted, logged as ``train/nonfinite_skips``).
     """
 
     def __init__(
@@ -68,9 +77,16 @@ class UniFashionModule(L.LightningModule):
         init_from: str | None = None,
         save_trainable_only: bool = True,
         query_cache_size: int = 0,
+        on_nonfinite: OnNonFinite = "raise",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # checkpoints store plain data (dicts of the config fields), never pickled config objects;
+        # `load_from_checkpoint` passes those dicts back here
+        encoder = _as_config(EncoderConfig, encoder, "encoder")
+        captioner = _as_config(CaptionerConfig, captioner, "captioner")
+        generator = _as_config(GeneratorConfig, generator, "generator")
+        optimizer = _as_config(OptimizerConfig, optimizer, "optimizer")
+        self.save_hyperparameters(_plain_hparams(UniFashionModule.__init__, locals()))
         self.phase = get_phase(phase)
         self.loss_weights = resolve_loss_weights(self.phase, loss_weights)
         missing = sorted(k for k, v in self.loss_weights.items() if v > 0 and k not in IMPLEMENTED_TERMS)
@@ -145,15 +161,56 @@ class UniFashionModule(L.LightningModule):
         return groups
 
     def load_weights(self, path: str | Path) -> None:
-        """Loads the weights of an earlier checkpoint (missing/unexpected keys are reported)."""
+        """Loads the weights of an earlier phase's checkpoint (`init_from`), refusing lost trained weights.
+
+        Every key of the checkpoint must fit this model, except the keys of a part this phase does not
+        build (e.g. a phase-2 checkpoint's captioner for try-on), which are skipped. A UNet ``conv_in``
+        with fewer input channels than this model's widened one is zero-padded (as `widen_conv_in`).
+        A key this model has and the checkpoint lacks is accepted only when it is a frozen pretrained
+        weight never trained in the checkpoint's chain (it was just reloaded from its pretrained path)
+        or belongs to a part the checkpoint does not have (built fresh); anything else (e.g. a trained
+        Q-Former that an older save dropped) is an error naming the keys.
+        """
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(
+                f"init_from {path} is a directory (a sharded DeepSpeed checkpoint?); convert it first: "
+                "unifashion.strategies.convert_deepspeed_checkpoint(dir, file), then set init_from to the file"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"init_from checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        ckpt = _load_checkpoint_file(path)
+        if "state_dict" not in ckpt:
+            raise ValueError(f"init_from {path} is not a Lightning checkpoint (no 'state_dict' key)")
+        own = self.state_dict()
+        state, skipped = {}, []
+        for key, value in ckpt["state_dict"].items():
+            part = key.split(".", 1)[0]
+            if part in ("captioner", "generator") and getattr(self, part) is None:
+                skipped.append(key)
+                continue
+            if key.endswith("unet.conv_in.weight") and key in own and value.shape != own[key].shape:
+                value = _pad_input_channels(value, own[key].shape, path, key)
+            state[key] = value
+        trained_before = self._chain_record(ckpt)["trained"]
         missing, unexpected = self.load_state_dict(state, strict=False)
         if unexpected:
             raise ValueError(f"{path}: unexpected keys for this model: {unexpected[:10]}")
+        parts_in_ckpt = {k.split(".", 1)[0] for k in state}
+        lost = [k for k in missing if k in trained_before
+                or (k.split(".", 1)[0] in parts_in_ckpt and not self._from_pretrained(k))]
+        if lost:
+            raise ValueError(
+                f"init_from {path} lacks {len(lost)} weights this model cannot rebuild (trained in an earlier "
+                f"phase, or not reloadable from a pretrained path): {lost[:10]}{' ...' if len(lost) > 10 else ''}. "
+                "The checkpoint was saved without them (an older trainable-only save?); rebuild it with "
+                "the current code"
+            )
         self._init_missing = missing
+        self._init_loaded = frozenset(state)
+        self._chain_trained = frozenset(trained_before)
+        self._chain_phases = tuple(self._chain_record(ckpt)["phases"])
+        self._init_skipped = skipped
 
     # ------------------------------------------------------------------ losses
     def compute_losses(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -191,20 +248,91 @@ class UniFashionModule(L.LightningModule):
                 inputs = self.captioner.prepare(batch["text"], [batch["dataset"]] * len(batch["text"]), train=True)
                 terms.update(self.captioner(queries, inputs.to(self.device)))
             if w.get("denoise", 0) > 0:  # eq. 7
-                terms.update(self.generator.denoise_loss(queries, self.generation_targets(batch["image"])))
+                terms.update(self.generator.denoise_loss(queries, self.generation_targets(batch)))
         if kind == TRYON and w.get("denoise", 0) > 0:
             # try-on / design (Figure 3): the encoder reads the garment (or sketch) with the text,
             # bi-directionally; the UNet also sees the masked person, mask, pose and sketch.
             vision = self.encoder.encode_vision(batch["image_clip"])  # (B, P, Hv)
             queries, _ = self.encoder.fuse(vision, batch["input_ids"], batch["attention_mask"])  # (B, Q, H)
-            conditions = {k: batch[k] for k in ("inpaint_mask", "pose_map", "sketch") if k in batch}
+            # the dataset's agnostic person and mask (VITON-HD agnostic-v3.2 / agnostic-mask), not the
+            # target re-masked; "cloth" feeds the encoder copy of Figure 3 (controlnet_copy)
+            conditions = {k: batch[k] for k in ("agnostic", "inpaint_mask", "pose_map", "sketch", "cloth")
+                          if k in batch}
             terms.update(self.generator.denoise_loss(queries, batch["image"], conditions))  # eq. 12
+        if kind == TRIPLETS:
+            terms.update(self.composed_terms(batch))
         return terms
 
-    def generation_targets(self, image: torch.Tensor) -> torch.Tensor:
-        """Encoder images (B, 3, S, S), CLIP-normalised -> diffusion targets (B, 3, H, W) in [-1, 1]."""
+    def composed_terms(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Phase 2 on a triplet batch (eqs. 9-12); a term of weight 0 is not computed.
+
+        Reference image + modifying text -> Z_R (B, Q, H) and e_cls (B, E) (`MultimodalEncoder.fuse`,
+        bi-directional mask, eq. 9); target image -> Z_T (queries only); target caption -> Z_C (text
+        only, [CLS]). ``cir_itc_img`` = ITC(e_cls, Z_T), ``cir_itc_cap`` = ITC(e_cls, Z_C), ``cir_itm`` =
+        ITM(t, Z_T) (eq. 10); ``itg``: the target's caption from Z_R through the frozen LLM (eq. 11);
+        ``denoise``: the target image from Z_R through the frozen UNet (eq. 12).
+        """
+        w = self.loss_weights
+        need = {k for k in ("cir_itc_img", "cir_itc_cap", "cir_itm", "itg", "denoise") if w.get(k, 0) > 0}
+        if not need:
+            return {}
+        enc = self.encoder
+        if need & {"cir_itc_cap", "itg"} and "target_caption" not in batch:
+            raise ValueError(
+                "phase-2 terms cir_itc_cap / itg need the target captions: set data.target_captions "
+                "(e.g. next_llava.{split}.{cat}.caption.json, written by `unifashion caption --style fashioniq`)"
+            )
+        tau = enc.temperature  # read once per step (the property clamps in place)
+        reference = enc.encode_vision(batch["reference"])  # (B, P, Hv)
+        z_r, e_cls = enc.fuse(reference, batch["input_ids"], batch["attention_mask"])  # (B, Q, H), (B, E)
+        target_ids = ids_from_strings(batch["target_id"]).to(e_cls.device)  # (B,)
+        itc = ComposedItcLoss()
+        terms: dict[str, torch.Tensor] = {}
+        if need & {"cir_itc_img", "cir_itm"}:
+            target = enc.encode_image(batch["target"])  # Z_T: (B, Q, E) features
+            itc_img = itc.compute(e_cls, target.image_feats, tau, target_ids)  # eq. 10, first term
+            if "cir_itc_img" in need:
+                terms["cir_itc_img"] = itc_img.loss
+            if "cir_itm" in need:  # eq. 10, third term
+                terms.update(ComposedItmLoss(self.itm_loss.max_pairs).composed(
+                    enc, target.vision_embeds, batch["input_ids"], batch["attention_mask"], itc_img, target_ids,
+                    pad_token_id=enc.tokenizer.pad_token_id or 0,
+                ))
+        if "cir_itc_cap" in need:  # eq. 10, second term
+            caption = enc.tokenize(list(batch["target_caption"]))
+            z_c = enc.encode_text(caption["input_ids"], caption["attention_mask"]).text_feat  # (B, E)
+            terms["cir_itc_cap"] = itc.compute(e_cls, z_c, tau, target_ids).loss
+        if "itg" in need:  # eq. 11
+            captions = list(batch["target_caption"])
+            inputs = self.captioner.prepare(captions, ["fashioniq"] * len(captions), train=True)
+            terms.update(self.captioner(z_r, inputs.to(self.device)))
+        if "denoise" in need:  # eq. 12
+            target_image = {"image": batch["target"]}  # the encoder view of the target, denormalised
+            terms.update(self.generator.denoise_loss(z_r, self.generation_targets(target_image)))
+        return terms
+
+    def generation_targets(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Diffusion targets (B, 3, H, W) in [-1, 1] of a pairs batch, at the generator's height x width.
+
+        The target is the dataset's own image at the generator's resolution, `batch["generation_image"]`
+        (FashionGen: the 256-px original resized with its aspect ratio kept, `FashionGenDataModule(
+        generation_size=...)`), never the encoder's 224/64-px view upsampled. A data module that does
+        not provide it (Fashion200K, Fashion-IQ-cap) falls back to the encoder view, denormalised and
+        resized: lower resolution and, for a non-square generator, stretched.
+
+        Raises:
+            ValueError: `generation_image` has another size than the generator's (fix the data
+                module's `generation_size`).
+        """
         cfg = self.generator.config
-        x = denormalize(image) * 2 - 1  # (B, 3, S, S) in [-1, 1]
+        target = batch.get("generation_image")
+        if target is not None:
+            if tuple(target.shape[-2:]) != (cfg.height, cfg.width):
+                raise ValueError(f"batch['generation_image'] is {tuple(target.shape[-2:])} but the generator makes "
+                                 f"{cfg.height}x{cfg.width}: set data.init_args.generation_size to "
+                                 f"[{cfg.height}, {cfg.width}]")
+            return target.to(self.device)  # (B, 3, H, W)
+        x = denormalize(batch["image"]) * 2 - 1  # (B, 3, S, S) in [-1, 1]
         if tuple(x.shape[-2:]) != (cfg.height, cfg.width):
             x = F.interpolate(x, size=(cfg.height, cfg.width), mode="bilinear", antialias=True, align_corners=False)
         return x
@@ -236,7 +364,12 @@ class UniFashionModule(L.LightningModule):
         self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=n_items)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=n_items)
         self._n_items = n_items
+        self.last_loss_terms = logged  # read by callbacks.NonFiniteGuard before the optimizer step
         return total
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The non-finite guard (`on_nonfinite`) and RNG states in checkpoints (exact resume)."""
+        return [NonFiniteGuard(self.hparams.get("on_nonfinite", "raise")), RngStateCallback(), LoaderStateCallback()]
 
     def on_fit_start(self) -> None:
         self.query_cache.clear()  # the encoder's weights may have changed since the last fit
@@ -256,22 +389,73 @@ class UniFashionModule(L.LightningModule):
         if self.query_cache.max_items:
             self.log("train/query_cache_hits", float(self.query_cache.hits), on_step=True)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        total = 0.0
-        n_items = 0
-        for b in self._named_batches(batch).values():
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # Exact on any number of processes: each process gets whole single-process batches
+        # (data.sampling.BatchRoundRobinSampler), computes their losses without collectives, and
+        # draws its random numbers (ITM negatives, diffusion noise) from a generator seeded by the
+        # batch's index in the single-process order; the training RNG stream is left untouched.
+        # `dataloader_idx`: a data module with several sequential validation loaders (CombinedDataModule
+        # gives one combined loader of {dataset: batch}).
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        per_dataset = (isinstance(batch, Mapping) and "kind" not in batch) or len(self.trainer.num_val_batches) > 1
+        with distributed.local_only(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(1_000_003 + 7_919 * dataloader_idx + batch_idx * world + rank)
+            self._validation_losses(batch, per_dataset)
+
+    def _validation_losses(self, batch: Any, per_dataset: bool = False) -> None:
+        """Logs ``val/loss`` (weighted sum of the terms) and ``val/loss_<term>``, item-weighted means over
+        every validation item; with several datasets also ``val/<dataset>/loss[_<term>]`` per dataset."""
+        for name, b in self._named_batches(batch).items():
             terms = self.compute_losses(b)
-            total = total + self._weighted_sum(terms)
-            n_items += len(b["text"])
-            for k, v in terms.items():
-                self.log(f"val/loss_{k}", v, batch_size=len(b["text"]), sync_dist=True)
-        self.log("val/loss", total, prog_bar=True, batch_size=n_items, sync_dist=True)
+            if not terms:
+                continue
+            # float: Lightning's sync of an integer item count divides it by the world size in integer
+            # arithmetic ((3 + 2) / 2 -> 2), skewing the epoch mean when processes hold different
+            # numbers of items (lightning 2.6, fabric/utilities/distributed.py `_sync_ddp`)
+            n = float(len(b["text"]))
+            keys = [("val/", {})] + ([(f"val/{name}/", {"add_dataloader_idx": False})] if per_dataset else [])
+            for prefix, kw in keys:
+                for k, v in terms.items():
+                    self.log(f"{prefix}loss_{k}", v, batch_size=n, sync_dist=True, **kw)
+                self.log(f"{prefix}loss", self._weighted_sum(terms), prog_bar=prefix == "val/", batch_size=n,
+                         sync_dist=True, **kw)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         opt, sched = build_optimizer(self.named_parameters(), self.optimizer_config, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ test / predict
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """`unifashion test`: the phase's loss terms on the test loader, logged as `test/loss_<term>`
+        (Lightning appends `/dataloader_idx_<i>` when there are several sequential test loaders)."""
+        named = self._named_batches(batch)
+        for name, b in named.items():
+            terms = self.compute_losses(b)
+            n = float(len(b["text"]))
+            key = "test/" if len(named) == 1 else f"test/{name}/"  # a CombinedLoader: per-dataset keys
+            for k, v in terms.items():
+                self.log(f"{key}loss_{k}", v, batch_size=n, sync_dist=True)
+            if terms:
+                self.log(f"{key}loss", self._weighted_sum(terms), batch_size=n, sync_dist=True)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """`unifashion predict`: what the inference API returns for a batch of image-text pairs:
+        ITC features of the images (B, Q, E) and texts (B, E), and captions when the model has a
+        captioner; with the batch's product ids and dataset names."""
+        out: list[dict[str, Any]] = []
+        for b in self._named_batches(batch).values():
+            image = self.encoder.encode_image(b["image"])
+            text = self.encoder.encode_text(b["input_ids"], b["attention_mask"])
+            pred: dict[str, Any] = {"image_feats": image.image_feats, "text_feats": text.text_feat,
+                                    "product_id": b.get("product_id"), "dataset": b.get("dataset")}
+            if self.captioner is not None:
+                pred["captions"] = self.captioner.generate(image.query_output, [b.get("dataset", "fashiongen")]
+                                                           * image.query_output.shape[0])
+            out.append(pred)
+        return out[0] if len(out) == 1 else {"batches": out}
 
     # ------------------------------------------------------------------ data hooks
     def setup(self, stage: str) -> None:
@@ -280,23 +464,84 @@ class UniFashionModule(L.LightningModule):
             dm.set_tokenizer(self.encoder.tokenizer, self.encoder.config.max_text_length)
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Drops frozen parameters whose weights reload from a pretrained path (see __init__)."""
+    def droppable_frozen_keys(self) -> list[str]:
+        """Frozen parameters a trainable-only checkpoint may leave out: those that rebuilding the module
+        from its config reloads with the same value, i.e. weights loaded from a pretrained path that were
+        neither overwritten by `init_from` nor trained in any phase of the checkpoint chain."""
         if not self.save_trainable_only:
+            return []
+        loaded = getattr(self, "_init_loaded", frozenset())
+        trained = getattr(self, "_chain_trained", frozenset())
+        return [
+            name for name, p in self.named_parameters()
+            if not p.requires_grad and self._from_pretrained(name) and name not in loaded and name not in trained
+        ]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Records the chain (`CHAIN_KEY`: parameters trained in any phase so far, the phases) and drops
+        the frozen parameters that reload unchanged from a pretrained path (`droppable_frozen_keys`).
+
+        Under DeepSpeed the strategy writes the shards and the checkpoint has no ``state_dict`` here
+        (`unifashion.strategies` keeps the same contract)."""
+        trained = set(getattr(self, "_chain_trained", ())) | {n for n, p in self.named_parameters() if p.requires_grad}
+        phases = [*getattr(self, "_chain_phases", ()), self.phase.name]
+        checkpoint[CHAIN_KEY] = {"trained": sorted(trained), "phases": phases}
+        state = checkpoint.get("state_dict")
+        if state is None:
             return
-        state = checkpoint["state_dict"]
-        for name, p in self.named_parameters():
-            if not p.requires_grad and self._from_pretrained(name):
-                state.pop(name, None)
+        for name in self.droppable_frozen_keys():
+            state.pop(name, None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refills the frozen pretrained weights `on_save_checkpoint` left out with the values this
         module was just built with (from their pretrained paths, and `init_from`), so that loading
-        stays strict: any other missing or unexpected key is an error."""
-        state = checkpoint["state_dict"]
+        stays strict: any other missing key is an error naming it (a trained weight is never replaced
+        by a pretrained one)."""
+        record = self._chain_record(checkpoint)
+        state = checkpoint.get("state_dict")
+        if state is None:  # a DeepSpeed checkpoint directory: the strategy loads the shards
+            return
+        trained = set(record["trained"])
+        refill = set(self.droppable_frozen_keys()) - trained
+        params = {n for n, _ in self.named_parameters()}
+        lost = []
         for name, value in self.state_dict().items():
-            if name not in state and self._from_pretrained(name):
+            if name in state:
+                continue
+            if name in refill:
                 state[name] = value
+            elif name in params:
+                lost.append(name)
+        if lost:
+            raise ValueError(
+                f"checkpoint lacks {len(lost)} weights this model cannot rebuild from its pretrained paths: "
+                f"{lost[:10]}{' ...' if len(lost) > 10 else ''} (trained in an earlier phase and dropped by an "
+                "older trainable-only save? rebuild the checkpoint)"
+            )
+        # the resumed or reloaded module carries the chain on
+        self._chain_trained = frozenset(set(getattr(self, "_chain_trained", ())) | trained)
+        phases = list(record["phases"])
+        if phases and phases[-1] == self.phase.name:
+            phases = phases[:-1]
+        self._chain_phases = tuple(phases)
+
+    def _chain_record(self, checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+        """The checkpoint's chain record: {"trained": parameter names trained in any phase so far,
+        "phases": the phases, "recorded": False when derived}. A checkpoint written before the record
+        existed gets one derived from its phase's trainable groups (its earlier phases are unknown)."""
+        record = checkpoint.get(CHAIN_KEY)
+        if record is not None:
+            return {"trained": set(record["trained"]), "phases": list(record["phases"]), "recorded": True}
+        hparams = checkpoint.get("hyper_parameters") or {}
+        phase = hparams.get("phase")
+        if phase is None:
+            return {"trained": set(), "phases": [], "recorded": False}
+        enc = hparams.get("encoder")
+        freeze_vision = enc.get("freeze_vision", True) if isinstance(enc, Mapping) else getattr(enc, "freeze_vision", True)
+        trains = set(get_phase(phase).trains) - ({"vision"} if freeze_vision else set())
+        names = {id(p): n for n, p in self.named_parameters()}
+        trained = {names[id(p)] for g, ps in self.parameter_groups().items() if g in trains for p in ps}
+        return {"trained": trained, "phases": [phase], "recorded": False}
 
     def _from_pretrained(self, name: str) -> bool:
         """Whether parameter `name` is a weight that rebuilding the module reloads from a pretrained path."""
@@ -310,3 +555,61 @@ class UniFashionModule(L.LightningModule):
             widened_input = name.startswith("generator.unet.conv_in.")
             return (getattr(gen, part, None) or gen.pretrained) is not None and not widened_input
         return False
+
+
+# ---------------------------------------------------------------------- checkpoint helpers
+CHAIN_KEY = "unifashion_chain"
+"""Checkpoint key of the chain record: {"trained": names of the parameters trained in any phase of the
+chain so far, "phases": the phases, oldest first}. `init_from` carries it forward, so a weight trained
+in phase 1 and frozen afterwards is never mistaken for a droppable pretrained weight."""
+
+
+def _as_config(cls: type, value: Any, name: str) -> Any:
+    """`value` as a `cls` dataclass: a dict of its fields (what a checkpoint stores) is converted."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"model.{name}: unknown {cls.__name__} fields {unknown} (known: {sorted(known)})")
+        return cls(**value)
+    raise TypeError(f"model.{name} must be a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses -> dicts, recursively (tuples, lists, dicts, str, numbers, bools and None stay)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _plain_hparams(init: Any, frame_locals: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments (every parameter of `init` but self) as plain data."""
+    names = [n for n in inspect.signature(init).parameters if n != "self"]
+    return {n: _plain(frame_locals[n]) for n in names}
+
+
+def _load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A checkpoint file with only plain data unpickled; checkpoints written before hyper-parameters
+    were stored as plain data (they pickled the config dataclasses) load with full unpickling."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return torch.load(path, map_location="cpu", weights_only=False)  # older format, a local file
+    except (RuntimeError, EOFError, OSError) as e:  # truncated / not a torch file (zip reader errors)
+        raise ValueError(f"{path}: cannot read the checkpoint ({e}); truncated or not a torch checkpoint?") from e
+
+
+def _pad_input_channels(weight: torch.Tensor, shape: torch.Size, path: Path, key: str) -> torch.Tensor:
+    """A conv weight (O, C, k, k) zero-padded to (O, C', k, k), C' >= C (the `widen_conv_in` rule)."""
+    if weight.dim() != 4 or weight.shape[0] != shape[0] or weight.shape[2:] != shape[2:] or weight.shape[1] > shape[1]:
+        raise ValueError(f"{path}: {key} has shape {tuple(weight.shape)}, this model needs {tuple(shape)}")
+    padded = weight.new_zeros(shape)
+    padded[:, : weight.shape[1]] = weight
+    return padded

@@ -6,11 +6,17 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from unifashion.data.collate import Collate
 from unifashion.data.errors import BadSampleError, OnBadSample, SkipCounter
+from unifashion.data.sampling import (
+    BatchRoundRobinSampler,
+    ResumableDataLoader,
+    ResumableSampler,
+    seeded_generator,
+    world_of,
+)
 from unifashion.data.transforms import ImageTransform
 
 
@@ -91,20 +97,46 @@ class BaseDataModule(pl.LightningDataModule):
         return Collate(kind, self.dataset_name, self.tokenizer, self.max_length)
 
     def make_loader(self, dataset: Dataset, kind: str, shuffle: bool, drop_last: bool = False) -> DataLoader:
-        """A DataLoader over `dataset` with this module's batch size, workers and collate."""
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
+        """A DataLoader over `dataset` with this module's batch size, workers and collate.
+
+        Shuffled (training) loaders are resumable: epoch e's order is ``randperm(N, seed + e)`` split
+        over the processes, and the position in the epoch is checkpointed (`data.sampling`). Sequential
+        (evaluation) loaders under DDP deal the single-process batches out whole to the processes, so
+        nothing is repeated or dropped (`BatchRoundRobinSampler`).
+        """
+        world, rank = world_of(self._attached_trainer())
+        common = dict(
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=self.collate(kind),
             drop_last=drop_last,
-            generator=generator,
             persistent_workers=False,
             pin_memory=False,
         )
+        if shuffle:
+            sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=self.seed, shuffle=True)
+            return ResumableDataLoader(dataset, sampler=sampler, generator=seeded_generator(self.seed), **common)
+        if world > 1:
+            sampler = BatchRoundRobinSampler(dataset, self.batch_size, num_replicas=world, rank=rank)
+            return DataLoader(dataset, sampler=sampler, **common)
+        return DataLoader(dataset, shuffle=False, **common)
+
+    def _attached_trainer(self):
+        """The trainer this data module is attached to, or None (used outside Lightning)."""
+        try:
+            return self.trainer
+        except (AttributeError, RuntimeError):
+            return None
 
     def root_path(self) -> str:
         """`root` with ``~`` and environment variables expanded."""
         return os.path.expandvars(os.path.expanduser(self.root))
+
+    def test_dataloader(self) -> DataLoader:
+        """`unifashion test`: the evaluation split (FashionGen, Fashion-IQ and Fashion200K have no
+        labelled test split the paper evaluates on: their validation/test loaders are the same)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """`unifashion predict`: the evaluation split, for embeddings (and captions)."""
+        return self.val_dataloader()

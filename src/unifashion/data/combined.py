@@ -12,7 +12,8 @@ class CombinedDataModule(L.LightningDataModule):
     """Named data modules whose loaders are combined into one (DESIGN.md).
 
     Each training batch is a dict {name: batch}; the LightningModule computes every loss term of
-    the phase on every batch of the kind the term consumes.
+    the phase on every batch of the kind the term consumes. Validation batches are dicts too
+    (`val_dataloader`), each dataset's validation split served in full.
 
     Args:
         fashiongen: FashionGen image-caption pairs.
@@ -65,4 +66,18 @@ class CombinedDataModule(L.LightningDataModule):
         return CombinedLoader({n: dm.train_dataloader() for n, dm in self.parts.items()}, self.mode)
 
     def val_dataloader(self) -> CombinedLoader:
-        return CombinedLoader({n: dm.val_dataloader() for n, dm in self.parts.items()}, "sequential")
+        """One validation loader over every part ("max_size": each batch is {name: batch}, a part whose
+        loader is exhausted gives None), so the module logs per-dataset validation losses
+        (``val/<name>/loss``) next to their item-weighted mean ``val/loss``, and ``limit_val_batches``
+        counts combined batches. Sequential loaders would need a ``dataloader_idx`` everywhere and give
+        Lightning's ``val/loss/dataloader_idx_<i>`` keys."""
+        return CombinedLoader({n: dm.val_dataloader() for n, dm in self.parts.items()}, "max_size")
+
+    def test_dataloader(self) -> CombinedLoader:
+        """`unifashion test`: every part's test loader, combined as `val_dataloader` combines them."""
+        return CombinedLoader({n: dm.test_dataloader() for n, dm in self.parts.items()}, "max_size")
+
+    def predict_dataloader(self) -> CombinedLoader:
+        """`unifashion predict`: every part's predict loader, one after another (Lightning's predict loop
+        takes sequential loaders only; `predict_step` gets their ``dataloader_idx``)."""
+        return CombinedLoader({n: dm.predict_dataloader() for n, dm in self.parts.items()}, "sequential")

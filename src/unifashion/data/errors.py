@@ -30,6 +30,9 @@ REASONS = (
     "malformed_data",  # an HDF5 dataset with the wrong shape or row count
     "malformed_line",  # a line of a text annotation file with the wrong number of fields
     "missing_key",  # a key (HDF5 dataset, JSON field, caption id) that should be present
+    "corrupt_file",  # a file that cannot be read at all (truncated HDF5, not an HDF5 file)
+    "bad_encoding",  # text bytes that are not valid in the file's documented encoding
+    "empty_text",  # an empty (or whitespace-only) caption / description, the item's training text
 )
 
 

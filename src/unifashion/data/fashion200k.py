@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from unifashion.data.base import BaseDataModule
 from unifashion.data.batch import PAIRS, RetrievalSplit
 from unifashion.data.errors import BadSampleError, OnBadSample
-from unifashion.data.files import load_image, require_dir
+from unifashion.data.files import is_blank, load_image, read_lines, require_dir
 from unifashion.data.transforms import ImageTransform
 
 SPLITS = ("train", "test")
@@ -232,23 +232,29 @@ class Fashion200KDataModule(BaseDataModule):
         root = self.root_dir
         for path in self.label_files(split):
             category = path.name[: -len(f"_{split}_detect_all.txt")]
-            with open(path, encoding="utf-8", errors="strict") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    fields = line.rstrip("\r\n").split("\t")
-                    if len(fields) != 3 or not fields[0].strip():
-                        self.handle(BadSampleError(
-                            f"{path}:{lineno}", "malformed_line",
-                            f"expected 3 tab-separated fields (path, score, description), got {len(fields)}",
-                        ))
-                        continue
-                    rel = fields[0].strip()
-                    if self.check_images and not (root / rel).is_file():
-                        self.handle(BadSampleError(root / rel, "missing_file", f"image listed in {path}:{lineno} not found"))
-                        continue
-                    caption = tirg_postprocess(fields[2]) if self.tirg_captions else fields[2].strip()
-                    out.append(Fashion200KEntry(rel, caption, product_id_of(rel), category))
+            for lineno, line in read_lines(path):
+                if isinstance(line, BadSampleError):  # bytes that are not UTF-8
+                    self.handle(line)
+                    continue
+                if not line.strip():
+                    continue
+                fields = line.rstrip("\r\n").split("\t")
+                if len(fields) != 3 or not fields[0].strip():
+                    self.handle(BadSampleError(
+                        f"{path}:{lineno}", "malformed_line",
+                        f"expected 3 tab-separated fields (path, score, description), got {len(fields)}",
+                    ))
+                    continue
+                if is_blank(fields[2]):
+                    self.handle(BadSampleError(f"{path}:{lineno}", "empty_text",
+                                               f"empty description for {fields[0].strip()}; line left out"))
+                    continue
+                rel = fields[0].strip()
+                if self.check_images and not (root / rel).is_file():
+                    self.handle(BadSampleError(root / rel, "missing_file", f"image listed in {path}:{lineno} not found"))
+                    continue
+                caption = tirg_postprocess(fields[2]) if self.tirg_captions else fields[2].strip()
+                out.append(Fashion200KEntry(rel, caption, product_id_of(rel), category))
         self._entries[split] = out
         return out
 
@@ -309,27 +315,29 @@ class Fashion200KDataModule(BaseDataModule):
             raise FileNotFoundError(f"{path} not found; expected TIRG's test queries ('<source> <target>' per line)")
         captions = {e.path: e.caption for e in self.entries("test")}
         queries: list[Fashion200KQuery] = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                fields = line.split()
-                if len(fields) != 2:
-                    self.handle(BadSampleError(f"{path}:{lineno}", "malformed_line",
-                                               f"expected '<source path> <target path>', got {len(fields)} fields"))
-                    continue
-                src, tgt = fields
-                missing = [p for p in (src, tgt) if p not in captions]
-                if missing:
-                    self.handle(BadSampleError(f"{path}:{lineno}", "missing_key",
-                                               f"query image(s) {missing} not in the test label files"))
-                    continue
-                try:
-                    _, _, text = replace_text(captions[src], captions[tgt])
-                except ValueError as e:
-                    self.handle(BadSampleError(f"{path}:{lineno}", "malformed_line", str(e)))
-                    continue
-                queries.append(Fashion200KQuery(src, tgt, captions[src], captions[tgt], text))
+        for lineno, line in read_lines(path):
+            if isinstance(line, BadSampleError):  # bytes that are not UTF-8
+                self.handle(line)
+                continue
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) != 2:
+                self.handle(BadSampleError(f"{path}:{lineno}", "malformed_line",
+                                           f"expected '<source path> <target path>', got {len(fields)} fields"))
+                continue
+            src, tgt = fields
+            missing = [p for p in (src, tgt) if p not in captions]
+            if missing:
+                self.handle(BadSampleError(f"{path}:{lineno}", "missing_key",
+                                           f"query image(s) {missing} not in the test label files"))
+                continue
+            try:
+                _, _, text = replace_text(captions[src], captions[tgt])
+            except ValueError as e:
+                self.handle(BadSampleError(f"{path}:{lineno}", "malformed_line", str(e)))
+                continue
+            queries.append(Fashion200KQuery(src, tgt, captions[src], captions[tgt], text))
         return Fashion200KQueries(self.root_dir, queries, self.eval_transform, self.skip_counter.handle)
 
     def queries_dataloader(self) -> DataLoader:

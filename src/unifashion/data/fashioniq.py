@@ -14,7 +14,15 @@ Texts (C4C/SPRC/UniFashion rules, DATASETS.md 2.5): each caption is stripped of 
 ends; the leading caption gets ``str.capitalize()`` (first letter upper, rest lower). Evaluation
 uses "C1 and c2"; training draws u ~ U(0, 1) per triplet: u < 0.25 "C1 and c2",
 0.25 < u < 0.5 "C2 and c1", 0.5 < u < 0.75 "C1", otherwise "C2" (so u == 0.25 or 0.5 gives "C2").
-Empty or whitespace captions are kept as they are (C4C does the same), e.g. "Is red and ".
+One empty or whitespace caption of the two is kept as it is (C4C does the same; the real files
+contain a few), e.g. "Is red and ". A triplet whose two captions are both empty has no text: it is a
+bad sample ("empty_text": raised, or counted and left out), as is an empty Fashion-IQ-cap caption.
+
+Phase 2 (composed fine-tuning, eqs. 10-12) also needs the caption of each target image (Z_C and the
+ITG answer): with ``target_captions`` set to a Fashion-IQ-cap file pattern such as
+``next_llava.{split}.{cat}.caption.json`` (DATASETS.md 2.6; written from a captioning checkpoint by
+``tasks/cir/captions.py``), triplet items carry ``target_caption``, read from the file of the
+triplet's own split and category only, so a training batch never carries a validation caption.
 """
 
 from __future__ import annotations
@@ -59,6 +67,30 @@ def random_text(captions: list[str], u: float) -> str:
     if 0.5 < u < 0.75:
         return c1.capitalize()
     return c2.capitalize()
+
+
+def read_caption_file(path: Path) -> dict[str, str]:
+    """A Fashion-IQ-cap file, ``[{"image": ASIN, "caption": str, ...}]`` -> {ASIN: caption}.
+
+    Raises:
+        FileNotFoundError: no such file; ValueError: an entry is not ``{"image": str, "caption": str}``
+            or an ASIN appears twice with different captions.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Fashion-IQ-cap file {path} not found; write it with `unifashion caption --style fashioniq` "
+            "(tasks/cir/captions.py) from a captioning checkpoint"
+        )
+    data = read_json(path, list, 'a JSON list of {"image": ASIN, "caption": str}')
+    out: dict[str, str] = {}
+    for i, e in enumerate(data):
+        if not (isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("caption"), str)):
+            raise ValueError(f"{path}: entry {i} is not {{'image': str, 'caption': str}}: {e!r}")
+        if out.get(e["image"], e["caption"]) != e["caption"]:
+            raise ValueError(f"{path}: image {e['image']} has two different captions")
+        out[e["image"]] = e["caption"]
+    return out
 
 
 @dataclass
@@ -109,8 +141,10 @@ class FashionIQTriplets(Dataset):
     """
 
     def __init__(self, triplets: list[Triplet], images: ImageIndex, transform: ImageTransform, handle: Any,
-                 randomize: bool, seed: int = 0):
+                 randomize: bool, seed: int = 0, target_captions: dict[str, dict[str, str]] | None = None):
         self.triplets = triplets
+        self.target_captions = target_captions
+        """category -> ASIN -> caption of the triplets' own split (items get ``target_caption``), or None."""
         self.images = images
         self.transform = transform
         self.handle = handle
@@ -139,7 +173,7 @@ class FashionIQTriplets(Dataset):
             self.handle(err)
             return None
         text = random_text(t.captions, self.rng().random()) if self.randomize else eval_text(t.captions)
-        return {
+        item = {
             "reference": self.transform(ref),  # (3, S, S)
             "target": self.transform(tgt),  # (3, S, S)
             "text": text,
@@ -147,6 +181,14 @@ class FashionIQTriplets(Dataset):
             "target_id": t.target,
             "category": t.category,
         }
+        if self.target_captions is not None:
+            caption = self.target_captions.get(t.category, {}).get(t.target)  # type: ignore[arg-type]
+            if caption is None:
+                self.handle(BadSampleError(Path(t.target or ""), "missing_key",
+                                           f"target {t.target} ({t.category}) has no caption in the target-caption file"))
+                return None
+            item["target_caption"] = caption
+        return item
 
 
 class FashionIQQueries(Dataset):
@@ -228,6 +270,10 @@ class FashionIQDataModule(BaseDataModule):
             directory. Enables `caption_pairs_dataloader`.
         check_images: check at setup that every referenced image exists (missing ones are raised or
             skipped before indexing, so galleries and queries stay consistent).
+        target_captions: Fashion-IQ-cap file pattern with ``{split}`` and ``{cat}`` (e.g.
+            ``next_llava.{split}.{cat}.caption.json``; relative paths are taken from the dataset
+            directory when they do not exist as given): triplet items then carry ``target_caption``
+            (phase 2), each split reading its own files.
     """
 
     dataset_name = "fashioniq"
@@ -246,6 +292,7 @@ class FashionIQDataModule(BaseDataModule):
         image_extensions: tuple[str, ...] = (".png", ".jpg"),
         captions_file: str | None = None,
         check_images: bool = True,
+        target_captions: str | None = None,
     ):
         super().__init__(root, batch_size, num_workers, image_size, target_pad_ratio, on_bad_sample, seed, augment)
         bad = [c for c in categories if c not in CATEGORIES]
@@ -257,6 +304,12 @@ class FashionIQDataModule(BaseDataModule):
         self.image_extensions = tuple(image_extensions)
         self.captions_file = captions_file
         self.check_images = check_images
+        if target_captions is not None and not ("{split}" in target_captions and "{cat}" in target_captions):
+            raise ValueError(
+                f"target_captions must be a file pattern with {{split}} and {{cat}} (each split reads its own "
+                f"captions; one fixed file could put validation captions into training), got {target_captions!r}"
+            )
+        self.target_captions = target_captions
         self._triplets: dict[tuple[str, str], list[Triplet]] = {}
         self._split_ids: dict[tuple[str, str], list[str]] = {}
         self._images: ImageIndex | None = None
@@ -345,6 +398,10 @@ class FashionIQDataModule(BaseDataModule):
             if problem:
                 self.handle(BadSampleError(path, "malformed_json", problem))
                 continue
+            if all(not strip_caption(c).strip() for c in e["captions"]):
+                self.handle(BadSampleError(path, "empty_text", f"entry {i} ({e['candidate']} -> {e.get('target')}): "
+                                                               "both captions are empty; entry left out"))
+                continue
             target = e.get("target") if isinstance(e.get("target"), str) else None
             where = f"{path} entry {i}"
             if not self._exists(e["candidate"], where) or (target is not None and not self._exists(target, where)):
@@ -369,8 +426,26 @@ class FashionIQDataModule(BaseDataModule):
             raise ValueError("the Fashion-IQ test split has no targets; use queries(category, 'test')")
         triplets = [t for cat in self.categories for t in self.triplets(cat, split)]
         transform = self.train_transform if split == "train" else self.eval_transform
+        captions = None
+        if self.target_captions is not None:
+            captions = {cat: self.split_captions(cat, split) for cat in self.categories}
         return FashionIQTriplets(triplets, self.images, transform, self.skip_counter.handle,
-                                 randomize=split == "train", seed=self.seed)
+                                 randomize=split == "train", seed=self.seed, target_captions=captions)
+
+    def caption_file(self, category: str, split: str, pattern: str | None = None) -> Path:
+        """The Fashion-IQ-cap file of (category, split) from `pattern` (default: ``target_captions``)."""
+        self._check_split(category, split)
+        pattern = pattern or self.target_captions
+        if pattern is None:
+            raise ValueError("no target-caption file pattern (set target_captions, e.g. next_llava.{split}.{cat}.caption.json)")
+        path = Path(pattern.format(split=split, cat=category))
+        if not path.is_absolute() and not path.is_file():
+            path = self.dataset_dir / path
+        return path
+
+    def split_captions(self, category: str, split: str, pattern: str | None = None) -> dict[str, str]:
+        """ASIN -> caption of the Fashion-IQ-cap file of (category, split) (`read_caption_file`)."""
+        return read_caption_file(self.caption_file(category, split, pattern))
 
     def gallery(self, category: str, split: str = "val") -> FashionIQImages:
         """Every image of ``split.<category>.<split>.json`` (the per-category gallery, DATASETS.md 6.3)."""
@@ -394,6 +469,9 @@ class FashionIQDataModule(BaseDataModule):
         for i, e in enumerate(data):
             if not (isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("caption"), str)):
                 self.handle(BadSampleError(path, "malformed_json", f"entry {i} is not {{'image': str, 'caption': str}}"))
+                continue
+            if not e["caption"].strip():
+                self.handle(BadSampleError(path, "empty_text", f"entry {i} ({e['image']}): empty caption; left out"))
                 continue
             if self._exists(e["image"], f"{path} entry {i}"):
                 asins.append(e["image"])

@@ -46,13 +46,45 @@ def read_json(path: Path, expect: type, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise BadSampleError(
+            path, "bad_encoding", f"byte {e.object[e.start:e.start + 1]!r} at offset {e.start} is not valid UTF-8 "
+            f"(JSON files are UTF-8); expected {what}"
+        ) from e
+    except json.JSONDecodeError as e:
         raise BadSampleError(path, "malformed_json", f"invalid JSON ({e}); expected {what}") from e
     if not isinstance(data, expect):
         raise BadSampleError(
             path, "malformed_json", f"top level is {type(data).__name__}, expected {what}"
         )
     return data
+
+
+def read_lines(path: Path, encoding: str = "utf-8") -> list[tuple[int, str | BadSampleError]]:
+    """The lines of a text file, decoded one by one: ``(line number, text)``, or ``(line number,
+    BadSampleError("bad_encoding"))`` for a line whose bytes are not valid `encoding` (the caller
+    applies its bad-sample policy, so one bad line does not hide the others).
+
+    Raises:
+        BadSampleError: "missing_file" when the file does not exist.
+    """
+    if not path.is_file():
+        raise BadSampleError(path, "missing_file", "file not found")
+    out: list[tuple[int, str | BadSampleError]] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                out.append((lineno, raw.decode(encoding)))
+            except UnicodeDecodeError as e:
+                out.append((lineno, BadSampleError(
+                    f"{path}:{lineno}", "bad_encoding",
+                    f"byte {raw[e.start:e.start + 1]!r} at column {e.start} is not valid {encoding}")))
+    return out
+
+
+def is_blank(text: str) -> bool:
+    """True for an empty or whitespace-only text."""
+    return not text.strip()
 
 
 def find_image(folder: Path, stem: str, extensions: tuple[str, ...]) -> Path:

@@ -112,3 +112,44 @@ def denormalize(
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x * s + m).clamp(0.0, 1.0)
+
+
+def fit_image(image: Image.Image, size: tuple[int, int], mode: str = "pad") -> Image.Image:
+    """Resize an image to `size` = (H, W) keeping its aspect ratio (bicubic, antialiased by PIL).
+
+    The diffusion target of the generator (DATASETS.md: FashionGen's 256 x 256 originals, VITON-HD's
+    1024 x 768) is made with this function from the dataset's own image, never from the encoder's view.
+
+    Args:
+        image: the original image.
+        size: (height, width) of the output.
+        mode: "pad" scales the image to fit inside `size` and pads the rest with the median colour of
+            the image border (product shots: nothing of the garment is cut); "crop" scales it to cover
+            `size` and crops the centre. Equal aspect ratios make both a plain resize.
+
+    Raises:
+        ValueError: for an unknown mode or a non-positive size.
+    """
+    if mode not in ("pad", "crop"):
+        raise ValueError(f"fit_image mode must be 'pad' or 'crop', got {mode!r}")
+    height, width = size
+    if height <= 0 or width <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    image = image.convert("RGB")
+    w, h = image.size
+    if (w, h) == (width, height):
+        return image
+    scale = (min if mode == "pad" else max)(width / w, height / h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    if (new_w, new_h) == (width, height):
+        return resized
+    if mode == "crop":
+        left, top = (new_w - width) // 2, (new_h - height) // 2
+        return resized.crop((left, top, left + width, top + height))
+    border = torch.cat([pil_to_tensor(resized)[:, [0, -1], :].flatten(1),
+                        pil_to_tensor(resized)[:, :, [0, -1]].flatten(1)], dim=1)  # (3, N)
+    fill = tuple(int(round(v * 255)) for v in border.median(dim=1).values.tolist())
+    canvas = Image.new("RGB", (width, height), fill)
+    canvas.paste(resized, ((width - new_w) // 2, (height - new_h) // 2))
+    return canvas

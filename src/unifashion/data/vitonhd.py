@@ -29,7 +29,9 @@ Per item (output size H x W, 512 x 384 by default; keep 4:3 and multiples of 8 f
   labels {1 hat, 2 hair, 4 sunglasses, 13 face, 9 pants, 12 skirt, 18/19 shoes}. No garment or arm
   pixel -> an all-zero mask. MGD's extra arm polyline drawn from the keypoints is not reproduced.
 - ``agnostic``: ``agnostic-v3.2`` when that folder exists (``agnostic_source="auto"``), else the
-  person with the inpaint region set to 0 (mid grey, like the official agnostic images).
+  person with the inpaint region set to 0 (mid grey, like the official agnostic images). The try-on
+  and design models use it as the masked person as it is (StableVITON practice), with ``inpaint_mask``
+  from ``agnostic-mask``; ``mask_source="file"`` and ``agnostic_source="file"`` require both folders.
 - ``pose_map`` (18, H, W): COCO-18 Gaussian heatmaps from OpenPose BODY_25 (``people[0]``) with MGD's
   mapping (COCO i <- BODY_25 i for i <= 7, then BODY_25 i + 1, MidHip skipped). Keypoints are scaled
   from the person image's own size (or ``keypoint_source_size``) to H x W (for the official
@@ -42,6 +44,8 @@ Per item (output size H x W, 512 x 384 by default; keep 4:3 and multiples of 8 f
   uniformly from ``sketch_threshold_train`` (inclusive) per training item, ``sketch_threshold_test``
   otherwise. Paired: ``im_sketch/<p stem>.png``; unpaired: ``im_sketch_unpaired/<p stem>_<c stem>.png``.
   Without sketches (``with_sketches=False``) the sketch is all zeros and no sketch file is read.
+  ``sketch_dilate=True`` (tiny CPU demos, not MGD) first grows the strokes with a max filter as wide as
+  the downscale factor (odd), so that 1-3 px strokes survive a 256 -> 32 px resize and the threshold.
 - ``text``: the MGD captions of the lookup id joined with ``", "`` (shuffled first at training).
   Lookup id: the part of the file name before ``_``: the person's in paired mode (and at training),
   the cloth's (column 2) in unpaired mode. Ids with fewer than 3 captions are dropped (MGD's filter);
@@ -70,14 +74,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from unifashion.data.base import BaseDataModule
 from unifashion.data.batch import TRYON  # the batch kind of try-on / design batches
 from unifashion.data.collate import Collate
 from unifashion.data.errors import BadSampleError, OnBadSample
-from unifashion.data.files import load_image, read_json, require_dir
+from unifashion.data.files import load_image, read_json, read_lines, require_dir
 from unifashion.data.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -268,7 +272,8 @@ class TryOnSettings:
     sketch_threshold: (low, high) inclusive range (train) or (t, t). mask_from_file: read
     ``agnostic-mask`` (else derive from the parse map). agnostic_from_file: read ``agnostic-v3.2``
     (else mask the person). mask_dilation: bounding-box growth in output px. with_sketches: read
-    sketches. encoder_input: "cloth" or "sketch" for ``image_clip``.
+    sketches. encoder_input: "cloth" or "sketch" for ``image_clip``. sketch_dilate: grow the strokes
+    by the downscale factor before resizing (tiny demos).
     """
 
     split_dir: Path
@@ -284,6 +289,7 @@ class TryOnSettings:
     mask_dilation: int
     with_sketches: bool
     encoder_input: str
+    sketch_dilate: bool = False
 
     def files(self, pair: TryOnPair) -> dict[str, Path]:
         """Every file an item reads, by role."""
@@ -402,8 +408,11 @@ class VitonHDTryOn(Dataset):
         if s.with_sketches:
             lo, hi = s.sketch_threshold
             t = self.rng().randint(lo, hi) if s.train and lo != hi else lo
-            sk = self._resize(open_single_channel(files["sketch"], "an MGD sketch (mode L, bright strokes)")
-                              .convert("L"), Image.Resampling.BICUBIC)
+            sk = open_single_channel(files["sketch"], "an MGD sketch (mode L, bright strokes)").convert("L")
+            factor = min(sk.size[0] / w, sk.size[1] / h)
+            if s.sketch_dilate and factor > 1.5:  # thin strokes would vanish in the resize (module docstring)
+                sk = sk.filter(ImageFilter.MaxFilter(2 * int(factor // 2) + 1))
+            sk = self._resize(sk, Image.Resampling.BICUBIC)
             sketch = sketch_strokes(sk, t)  # (1, H, W)
         else:
             sketch = torch.zeros(1, h, w)
@@ -469,6 +478,8 @@ class VitonHDDataModule(BaseDataModule):
             or "derive" (the person with the inpaint region set to 0).
         mask_dilation: output pixels added to every side of the derived mask's bounding box.
         encoder_input: what ``image_clip`` shows: "cloth" (try-on) or "sketch" (design).
+        sketch_dilate: grow sketch strokes by the downscale factor before resizing, so that thin strokes
+            survive small outputs (tiny CPU demos; MGD: False).
         check_files: check at setup that every referenced file exists.
     """
 
@@ -498,6 +509,7 @@ class VitonHDDataModule(BaseDataModule):
         agnostic_source: Literal["auto", "file", "derive"] = "auto",
         mask_dilation: int = 10,
         encoder_input: Literal["cloth", "sketch"] = "cloth",
+        sketch_dilate: bool = False,
         check_files: bool = True,
     ):
         super().__init__(root, batch_size, num_workers, encoder_image_size, target_pad_ratio, on_bad_sample,
@@ -543,6 +555,7 @@ class VitonHDDataModule(BaseDataModule):
         self.agnostic_source = agnostic_source
         self.mask_dilation = mask_dilation
         self.encoder_input = encoder_input
+        self.sketch_dilate = sketch_dilate
         self.check_files = check_files
         self._captions: dict[str, list[str]] | None = None
         self.dropped_caption_ids: list[str] = []
@@ -576,6 +589,9 @@ class VitonHDDataModule(BaseDataModule):
             valid: dict[str, Any] = {}
             for key, caps in data.items():
                 if isinstance(caps, list) and all(isinstance(c, str) for c in caps):
+                    if any(not c.strip() for c in caps):  # skip: drop the empty ones, then MGD's filter
+                        self.handle(BadSampleError(path, "empty_text", f"id {key!r}: empty caption in {caps!r}"))
+                        caps = [c for c in caps if c.strip()]
                     valid[key] = caps
                 else:
                     self.handle(BadSampleError(path, "malformed_json",
@@ -617,6 +633,7 @@ class VitonHDDataModule(BaseDataModule):
             mask_dilation=self.mask_dilation,
             with_sketches=self.with_sketches,
             encoder_input=self.encoder_input,
+            sketch_dilate=self.sketch_dilate,
         )
 
     def _listing(self, folder: Path) -> set[str]:
@@ -634,16 +651,18 @@ class VitonHDDataModule(BaseDataModule):
             raise BadSampleError(path, "missing_file",
                                  "pair file not found; expected '<person>.jpg <cloth>.jpg' lines")
         out = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 2:
-                    self.handle(BadSampleError(f"{path}:{lineno}", "malformed_line",
-                                               f"expected '<person> <cloth>', got {line.strip()!r}"))
-                    continue
-                out.append((parts[0], parts[1]))
+        for lineno, line in read_lines(path):
+            if isinstance(line, BadSampleError):  # bytes that are not UTF-8
+                self.handle(line)
+                continue
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                self.handle(BadSampleError(f"{path}:{lineno}", "malformed_line",
+                                           f"expected '<person> <cloth>', got {line.strip()!r}"))
+                continue
+            out.append((parts[0], parts[1]))
         return out
 
     def pairs(self, split: str, mode: str) -> list[TryOnPair]:

@@ -11,25 +11,46 @@ second dimension (token sequences) to the longest one across processes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 
+_local_only = 0  # depth of `local_only()` blocks
+
+
+@contextmanager
+def local_only() -> Iterator[None]:
+    """Inside this block every function here behaves as on a single process (no collective).
+
+    Validation uses it: its batches are dealt out whole to the processes (`data.sampling`), so each
+    process computes the losses of its own batches exactly as one process would, and processes may
+    run different numbers of batches (a collective per batch would then hang).
+    """
+    global _local_only
+    _local_only += 1
+    try:
+        yield
+    finally:
+        _local_only -= 1
+
 
 def is_distributed() -> bool:
-    """True when a process group with more than one process is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True when a process group with more than one process is running (and not `local_only`)."""
+    return not _local_only and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size() -> int:
-    """Number of processes (1 when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
+    """Number of processes (1 when not distributed or inside `local_only`)."""
+    if not _local_only and dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
 
 
 def rank() -> int:
-    """Rank of this process (0 when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
+    """Rank of this process (0 when not distributed or inside `local_only`)."""
+    if not _local_only and dist.is_available() and dist.is_initialized():
         return dist.get_rank()
     return 0
 
@@ -121,3 +142,24 @@ def gather_ids(x: torch.Tensor, pad_value: int = 0) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def mean_denominator(count: torch.Tensor) -> torch.Tensor:
+    """The denominator that turns a local sum into this process's share of a global mean.
+
+    For a loss averaged over items whose number differs between processes (answer tokens), DDP
+    averages the per-process losses; dividing each local sum by ``(sum of counts over processes) /
+    world_size`` (instead of the local count) makes that average the mean over every item of the
+    global batch, as one process on the concatenated batch computes it.
+
+    Args:
+        count: scalar local count (no gradient flows through it).
+
+    Returns:
+        ``count`` itself on a single process; otherwise ``all_reduce_sum(count) / world_size``.
+    """
+    if not is_distributed():
+        return count
+    total = count.detach().clone().to(torch.float64)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return (total / world_size()).to(count.dtype if count.is_floating_point() else torch.float32)

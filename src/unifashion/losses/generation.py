@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unifashion.losses import distributed
+
 IGNORE_INDEX = -100
 """Label of positions that are not predicted (same value as PyTorch's and HF's default)."""
 
@@ -19,7 +21,9 @@ def itg_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGN
 
     Position ``t`` of ``logits`` predicts the token at position ``t + 1`` of ``labels``; the loss
     is the mean over all labelled (not ``ignore_index``) targets of the batch, so long captions
-    weigh more than short ones (token-level mean, as LAVIS and HF causal LMs do).
+    weigh more than short ones (token-level mean, as LAVIS and HF causal LMs do). Under DDP the mean
+    is over the answer tokens of the whole global batch (`distributed.mean_denominator`), so that
+    DDP's average of the per-process losses equals one process on the concatenated batch.
 
     Args:
         logits: float (B, L, V), the LM's output logits for the full input sequence.
@@ -42,10 +46,12 @@ def itg_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGN
     shift_labels = labels[:, 1:]  # (B, L-1)
     if not bool((shift_labels != ignore_index).any()):
         raise ValueError("itg_loss: no answer token carries a label (every label is ignore_index)")
-    loss = F.cross_entropy(
+    total = F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]),
         shift_labels.reshape(-1),
         ignore_index=ignore_index,
-        reduction="mean",
+        reduction="sum",
     )
-    return {"itg": loss}
+    # token mean over the *global* batch under DDP (processes hold different numbers of answer tokens)
+    count = (shift_labels != ignore_index).sum().to(total.dtype)
+    return {"itg": total / distributed.mean_denominator(count)}

@@ -394,9 +394,16 @@ class MultimodalEncoder(nn.Module):
 
     @property
     def temperature(self) -> torch.Tensor:
-        """The ITC temperature, clamped in place to [0.001, 0.5] as LAVIS does (gradient kept)."""
+        """The ITC temperature, clamped in place to [0.001, 0.5] as LAVIS does (gradient kept).
+
+        The in-place clamp runs only when the value is out of range (the first read after an optimiser
+        step moved it out): an unconditional `clamp_` bumps the parameter's version, which breaks the
+        backward pass of a step that reads the temperature twice (one ITC per dataset of a combined batch).
+        """
+        lo, hi = TEMPERATURE_RANGE
         with torch.no_grad():
-            self.temp.clamp_(*TEMPERATURE_RANGE)
+            if not lo <= float(self.temp) <= hi:
+                self.temp.clamp_(lo, hi)
         return self.temp
 
     @property

@@ -15,6 +15,21 @@ The order is the one of SD-inpainting and MGD. A UNet loaded with fewer input ch
 with ZERO-initialised weights for the new channels, so the widened model reproduces the pretrained
 output whatever the new inputs are.
 
+Checkpoints with another input order: Paint-by-Example (and StableVITON, which starts from it) feed
+``[noisy latent (4), masked-image latent (4), mask (1)]`` (diffusers' PaintByExamplePipeline concatenates
+``latents, masked_image_latents, mask``), i.e. the masked latent BEFORE the mask, and StableVITON adds a
+DensePose latent (4) after them. Give the checkpoint's order in `GeneratorConfig.unet_input_layout`
+(e.g. ``("latent", "masked_latent", "mask")`` for Paint-by-Example, ``("latent", "masked_latent", "mask",
+"densepose:4")`` for a 13-channel StableVITON UNet); `remap_conv_in` then moves each channel group's
+weights to its slot in the order above (zeros for the groups the checkpoint lacks, e.g. pose and sketch;
+the weights of groups this generator does not feed, e.g. DensePose, are dropped). Without a layout the
+checkpoint's channels are taken as a prefix of the order above (SD, SD-inpainting, a saved generator).
+
+Trainable UNet-encoder copy (`GeneratorConfig.controlnet_copy=True`, paper Figure 3 / StableVITON,
+`models/control_copy.py`): a copy of the UNet encoder reads the garment latent (try-on; conditions key
+"cloth") or the sketch drawn as black strokes on white (design), and every UNet up block attends to it
+through a zero-initialised cross-attention; at initialisation the output is the plain UNet's exactly.
+
 Pixel space (`GeneratorConfig.pixel_space=True`, tiny CPU demos and tests only): there is no VAE; the
 UNet denoises the RGB pixels in [-1, 1] directly (a DDPM-style pixel diffusion, "latents" are the
 pixels, 3 channels, downsampling factor 1, linear beta schedule of Ho et al. 2020). Why: a tiny VAE
@@ -25,8 +40,11 @@ paper configuration keeps the Stable Diffusion VAE (`pixel_space=False`). In pix
 3 + 1 + 3 = 7 channels and the design input 26.
 
 Spatial conditions (dict keys of `conditions`):
-    person        float (B, 3, H, W) in [-1, 1], the person image (its masked region is discarded);
-                  defaults to the target `images` in `denoise_loss`.
+    agnostic      float (B, 3, H, W) in [-1, 1], the dataset's agnostic person (try-on region already
+                  greyed out, VITON-HD ``agnostic-v3.2``), used as the masked person as it is.
+    person        float (B, 3, H, W) in [-1, 1], the person image, used when there is no "agnostic": its
+                  inpaint region is set to 0 (mid grey); defaults to the target `images` in `denoise_loss`.
+    cloth         float (B, 3, H, W) in [-1, 1], the in-shop garment (control-copy input of try-on).
     inpaint_mask  float (B, 1, H, W), 1 where the garment is to be generated, 0 elsewhere.
     pose_map      float (B, 18, H, W), COCO-18 keypoint heatmaps (design only).
     sketch        float (B, 1, H, W), the garment sketch (design only).
@@ -35,6 +53,7 @@ Spatial conditions (dict keys of `conditions`):
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -55,6 +74,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from unifashion.losses.denoising import PREDICTION_TYPES, denoising_loss
+from unifashion.models.control_copy import ControlCopy
+
+log = logging.getLogger(__name__)
 
 VARIANT_EXTRA_CHANNELS = {"plain": 0, "tryon": 1 + 4, "design": 1 + 4 + 18 + 1}
 """Channels concatenated to a 4-channel SD latent per variant (mask, masked-person latent, pose, sketch)."""
@@ -98,7 +120,16 @@ class GeneratorConfig:
     """Tiny CPU demos/tests: no VAE, the UNet denoises RGB pixels directly (module docstring). The paper
     configuration keeps False (latent diffusion with the SD VAE)."""
     controlnet_copy: bool = False
-    """Trainable copy of the UNet encoder joined by zero cross-attention (paper Figure 3). Not implemented."""
+    """Trainable copy of the UNet encoder joined to its decoder by zero cross-attention (paper Figure 3,
+    `models/control_copy.py`); try-on and design variants only. Parameter group "unet_control"."""
+    control_input: Literal["cloth", "sketch"] | None = None
+    """What the encoder copy reads: the garment ("cloth", conditions key "cloth") or the sketch drawn as black
+    strokes on white ("sketch"). None: "cloth" for try-on, "sketch" for design."""
+    unet_input_layout: tuple[str, ...] | None = None
+    """Input-channel groups of the LOADED UNet's conv_in, in the checkpoint's order, from "latent", "mask",
+    "masked_latent", "pose", "sketch", plus "<name>:<channels>" for groups this generator does not feed
+    (dropped). Paint-by-Example: ("latent", "masked_latent", "mask"). None: the checkpoint's channels are a
+    prefix of this generator's order (module docstring)."""
     gradient_checkpointing: bool = False
     """Enable gradient checkpointing in the UNet."""
     height: int = 512
@@ -142,8 +173,14 @@ class GeneratorConfig:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
-        if self.controlnet_copy:
-            raise ValueError("controlnet_copy=True (Figure 3's trainable UNet-encoder copy) is not implemented yet.")
+        if self.controlnet_copy and self.variant == "plain":
+            raise ValueError("controlnet_copy=True needs variant 'tryon' or 'design' (the copy reads the garment "
+                             "or the sketch); got variant 'plain'")
+        if self.control_input not in (None, "cloth", "sketch"):
+            raise ValueError(f"control_input must be 'cloth', 'sketch' or None, got {self.control_input!r}")
+        if self.unet_input_layout is not None:
+            self.unet_input_layout = tuple(self.unet_input_layout)
+            parse_layout(self.unet_input_layout, latent_channels=4)  # validates the names
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
         if not 0 <= self.attention_from_block < len(self.block_out_channels):
@@ -235,6 +272,82 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditi
     return unet
 
 
+def channel_groups(variant: str, latent_channels: int) -> list[tuple[str, int]]:
+    """This generator's UNet input-channel groups, in order: [(name, channels), ...] (module docstring)."""
+    groups = [("latent", latent_channels)]
+    if variant in ("tryon", "design"):
+        groups += [("mask", 1), ("masked_latent", latent_channels)]
+    if variant == "design":
+        groups += [("pose", NUM_POSE_MAPS), ("sketch", 1)]
+    return groups
+
+
+def parse_layout(layout: tuple[str, ...] | list[str], latent_channels: int) -> list[tuple[str, int]]:
+    """A checkpoint's `unet_input_layout` -> [(name, channels), ...].
+
+    Known names get their sizes ("latent" and "masked_latent": `latent_channels`, "mask" 1, "pose" 18,
+    "sketch" 1); any other group is written "<name>:<channels>".
+
+    Raises:
+        ValueError: for an unknown name without a size, a bad size, or a repeated name.
+    """
+    sizes = dict(channel_groups("design", latent_channels))
+    out: list[tuple[str, int]] = []
+    for entry in layout:
+        name, _, size = str(entry).partition(":")
+        if size:
+            if not size.isdigit() or int(size) < 1:
+                raise ValueError(f"unet_input_layout entry {entry!r}: the size after ':' must be a positive integer")
+            n = int(size)
+            if name in sizes and n != sizes[name]:
+                raise ValueError(f"unet_input_layout entry {entry!r}: {name!r} has {sizes[name]} channels here")
+        elif name in sizes:
+            n = sizes[name]
+        else:
+            raise ValueError(f"unet_input_layout entry {entry!r} is unknown: use one of {sorted(sizes)} or "
+                             "'<name>:<channels>' for a group this generator does not feed")
+        if any(name == o for o, _ in out):
+            raise ValueError(f"unet_input_layout names {name!r} twice: {tuple(layout)}")
+        out.append((name, n))
+    return out
+
+
+def remap_conv_in(unet: UNet2DConditionModel, source: list[tuple[str, int]],
+                  target: list[tuple[str, int]]) -> UNet2DConditionModel:
+    """Rebuild conv_in for the `target` channel groups from a checkpoint whose input has `source` groups.
+
+    Each target group takes the checkpoint's weights of the group of the same name, wherever it sits in the
+    checkpoint (Paint-by-Example's masked latent before its mask lands after our mask); a group the
+    checkpoint lacks gets zero weights, so its input does not change the output; checkpoint groups absent
+    from `target` are dropped (logged by the caller). The UNet config's `in_channels` is updated.
+
+    Raises:
+        ValueError: if the source groups do not add up to the checkpoint's input channels.
+    """
+    old = unet.conv_in
+    if sum(n for _, n in source) != old.in_channels:
+        raise ValueError(f"unet_input_layout {[f'{k}:{n}' for k, n in source]} adds up to "
+                         f"{sum(n for _, n in source)} channels, but the UNet's conv_in has {old.in_channels}")
+    starts, pos = {}, 0
+    for name, n in source:
+        starts[name] = pos
+        pos += n
+    in_channels = sum(n for _, n in target)
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        pos = 0
+        for name, n in target:
+            if name in starts:
+                new.weight[:, pos: pos + n] = old.weight[:, starts[name]: starts[name] + n]
+            pos += n
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
 class Generator(nn.Module):
     """Queries -> image: image TSA + UNet2DConditionModel + frozen AutoencoderKL + DDPM training scheduler.
 
@@ -261,7 +374,18 @@ class Generator(nn.Module):
             latent_in = unet.config.out_channels
         else:
             unet = _tiny_unet(config, latent_in)
-        self.unet = widen_conv_in(unet, latent_in + variant_extra_channels(config.variant, latent_in))
+        target = channel_groups(config.variant, latent_in)
+        if config.unet_input_layout is not None:
+            source = parse_layout(config.unet_input_layout, latent_in)
+            dropped = [name for name, _ in source if name not in dict(target)]
+            if dropped:
+                log.warning("generator: the loaded UNet's input groups %s are not fed by variant %r; their "
+                            "conv_in weights are dropped", dropped, config.variant)
+            self.unet = remap_conv_in(unet, source, target)
+        else:
+            self.unet = widen_conv_in(unet, sum(n for _, n in target))
+        # Figure 3's trainable encoder copy (reads the garment / sketch latent); None without it
+        self.control = ControlCopy(self.unet, latent_in) if config.controlnet_copy else None
 
         self.vae: AutoencoderKL | None = None
         if not config.pixel_space:
@@ -328,14 +452,18 @@ class Generator(nn.Module):
 
         Returns:
             "image_adapter": the TSA and the learned null condition; "unet_input": the UNet's first conv
-            (the widened one); "unet": every other UNet parameter. The VAE is always frozen.
+            (the widened one); "unet": every other UNet parameter; "unet_control" (with `controlnet_copy`):
+            the trainable encoder copy and its zero cross-attention blocks. The VAE is always frozen.
         """
         conv_in = {id(p) for p in self.unet.conv_in.parameters()}
-        return {
+        groups = {
             "image_adapter": [*self.image_adapter.parameters(), self.null_condition],
             "unet_input": list(self.unet.conv_in.parameters()),
             "unet": [p for p in self.unet.parameters() if id(p) not in conv_in],
         }
+        if self.control is not None:
+            groups["unet_control"] = list(self.control.parameters())
+        return groups
 
     def encode_condition(self, query_output: Tensor) -> Tensor:
         """Image TSA: query outputs (B, Q, H_q) -> cross-attention condition (B, Q, D)."""
@@ -388,10 +516,10 @@ class Generator(nn.Module):
         """Build the extra UNet input channels of the try-on / design variants.
 
         Args:
-            conditions: dict with "person" (optional if `default_person`), "inpaint_mask", and for design
-                "pose_map" and "sketch" (see the module docstring).
+            conditions: dict with "agnostic" or "person" (optional if `default_person`), "inpaint_mask", and
+                for design "pose_map" and "sketch" (see the module docstring).
             latent_hw: the latent (h, w) to resize the maps to.
-            default_person: person image used when `conditions` has no "person" (training: the target).
+            default_person: person image used when `conditions` has neither "agnostic" nor "person".
 
         Returns:
             float (B, extra, h, w) or None for the plain variant.
@@ -405,14 +533,16 @@ class Generator(nn.Module):
         missing = [k for k in needed if k not in conditions]
         if missing:
             raise ValueError(f"variant {variant!r}: conditions lack {missing}; got keys {sorted(conditions)}")
-        person = conditions.get("person", default_person)
+        agnostic = conditions.get("agnostic")
+        person = agnostic if agnostic is not None else conditions.get("person", default_person)
         if person is None:
-            raise ValueError(f"variant {variant!r}: conditions lack 'person' (the person image in [-1, 1])")
+            raise ValueError(f"variant {variant!r}: conditions lack 'agnostic' or 'person' (images in [-1, 1])")
         dtype = self.unet.dtype
         mask = conditions["inpaint_mask"].to(person.device, person.dtype)  # (B, 1, H, W)
         if mask.dim() != 4 or mask.shape[1] != 1:
             raise ValueError(f"inpaint_mask must be (B, 1, H, W), got {tuple(mask.shape)}")
-        masked_person = person * (mask < 0.5)  # (B, 3, H, W), garment region blanked
+        # the dataset's agnostic image as it is; a person image gets its inpaint region set to 0 (mid grey)
+        masked_person = agnostic.to(mask) if agnostic is not None else person * (mask < 0.5)  # (B, 3, H, W)
         masked_latent = self.encode_images(masked_person, sample=False)  # (B, C, h, w)
         parts = [F.interpolate(mask, size=latent_hw), masked_latent]
         if variant == "design":
@@ -425,10 +555,39 @@ class Generator(nn.Module):
                       F.interpolate(sketch, size=latent_hw, mode="bilinear", align_corners=False)]
         return torch.cat([p.to(dtype) for p in parts], dim=1)  # (B, extra, h, w)
 
+    def control_latents(self, conditions: dict | None, latent_hw: tuple[int, int]) -> Tensor | None:
+        """The encoder copy's input (B, C, h, w): the VAE latent of the garment or of the sketch drawing.
+
+        None without `controlnet_copy`. "cloth" reads ``conditions["cloth"]`` (B, 3, H, W) in [-1, 1];
+        "sketch" draws ``conditions["sketch"]`` (B, 1, H, W), strokes 1, as black strokes on white.
+        """
+        if self.control is None:
+            return None
+        source = self.config.control_input or ("cloth" if self.config.variant == "tryon" else "sketch")
+        if conditions is None or source not in conditions:
+            raise ValueError(f"controlnet_copy with control_input {source!r}: conditions lack {source!r} "
+                             f"(got keys {sorted(conditions or {})})")
+        x = conditions[source]
+        if source == "sketch":
+            if x.dim() != 4 or x.shape[1] != 1:
+                raise ValueError(f"sketch must be (B, 1, H, W), got {tuple(x.shape)}")
+            x = (1.0 - 2.0 * x.float()).expand(-1, 3, -1, -1)  # (B, 3, H, W): strokes -1 (black) on +1 (white)
+        elif x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"cloth must be (B, 3, H, W) in [-1, 1], got {tuple(x.shape)}")
+        lat = self.encode_images(x, sample=False)  # (B, C, h', w')
+        if tuple(lat.shape[-2:]) != tuple(latent_hw):
+            lat = F.interpolate(lat.float(), size=latent_hw, mode="bilinear", align_corners=False)
+        return lat.to(self.unet.dtype)  # (B, C, h, w)
+
     def unet_forward(self, latents: Tensor, timesteps: Tensor | int, cond: Tensor,
-                     extra: Tensor | None) -> Tensor:
-        """One UNet call on [latents, extra] with cross-attention condition `cond` (B, Q, D)."""
+                     extra: Tensor | None, control: Tensor | None = None) -> Tensor:
+        """One UNet call on [latents, extra] with cross-attention condition `cond` (B, Q, D); with the
+        encoder copy, `control` (B, C, h, w) is its input (`control_latents`)."""
         x = latents if extra is None else torch.cat([latents, extra.to(latents.dtype)], dim=1)  # (B, C_in, h, w)
+        if self.control is not None:
+            if control is None:
+                raise ValueError("controlnet_copy=True: unet_forward needs the control input")
+            return self.control(self.unet, x, timesteps, cond.to(self.unet.dtype), control.to(x.dtype))
         return self.unet(x, timesteps, encoder_hidden_states=cond.to(self.unet.dtype)).sample
 
     # ------------------------------------------------------------------ training
@@ -468,7 +627,8 @@ class Generator(nn.Module):
         if self.training and self.config.cond_dropout > 0:
             cond, _ = self.apply_condition_dropout(cond)
         extra = self.spatial_conditions(conditions, tuple(latents.shape[-2:]), default_person=images)
-        pred = self.unet_forward(noisy, timesteps, cond, extra)  # (B, C, h, w)
+        control = self.control_latents(conditions, tuple(latents.shape[-2:]))  # None without the copy
+        pred = self.unet_forward(noisy, timesteps, cond, extra, control)  # (B, C, h, w)
         return denoising_loss(pred, latents, noise.to(latents), timesteps, self.scheduler)
 
     # ------------------------------------------------------------------ sampling
@@ -538,13 +698,15 @@ class Generator(nn.Module):
         cond = self.encode_condition(query_output.to(device))  # (B, Q, D)
         use_cfg = guidance_scale > 1.0
         extra = self.spatial_conditions(conditions, hw)
+        control = self.control_latents(conditions, hw)  # the garment / sketch stays in both CFG halves
         if use_cfg:
             cond = torch.cat([self.null_condition_batch(b).to(cond.dtype), cond])  # (2B, Q, D)
             extra = None if extra is None else torch.cat([extra, extra])
+            control = None if control is None else torch.cat([control, control])
         for t in scheduler.timesteps:
             x = torch.cat([latents, latents]) if use_cfg else latents
             x = scheduler.scale_model_input(x, t)
-            pred = self.unet_forward(x.to(dtype), t, cond, extra).float()  # ((2)B, C, h, w)
+            pred = self.unet_forward(x.to(dtype), t, cond, extra, control).float()  # ((2)B, C, h, w)
             if use_cfg:
                 uncond, condp = pred.chunk(2)
                 pred = uncond + guidance_scale * (condp - uncond)
@@ -570,9 +732,11 @@ class Generator(nn.Module):
         self.scheduler.save_pretrained(d / "scheduler")
         state = {f"image_adapter.{k}": v for k, v in self.image_adapter.state_dict().items()}
         state["null_condition"] = self.null_condition.data
+        if self.control is not None:
+            state |= {f"control.{k}": v for k, v in self.control.state_dict().items()}
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(d / _WEIGHTS_FILE))
         cfg = asdict(self.config)
-        cfg.update(pretrained=None, unet=None, vae=None)
+        cfg.update(pretrained=None, unet=None, vae=None, unet_input_layout=None)  # unet/ is saved in our order
         (d / _CONFIG_FILE).write_text(json.dumps({"query_dim": self.query_dim, "config": cfg}, indent=2))
 
     @classmethod
@@ -596,6 +760,11 @@ class Generator(nn.Module):
             raise FileNotFoundError(f"Missing adapter weights {weights}")
         state = load_file(str(weights))
         model.null_condition.data.copy_(state.pop("null_condition"))
+        control = {k.removeprefix("control."): state.pop(k) for k in [k for k in state if k.startswith("control.")]}
+        if model.control is not None:
+            model.control.load_state_dict(control)
+        elif control:
+            raise ValueError(f"{weights} holds encoder-copy weights but the config has controlnet_copy=False")
         model.image_adapter.load_state_dict({k.removeprefix("image_adapter."): v for k, v in state.items()})
         return model
 
