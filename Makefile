@@ -11,11 +11,11 @@ export PYTHONUNBUFFERED := 1
 
 SYNTH ?= data/synthetic
 SCALE ?= small
-CKPT ?= runs/demo/retrieval.ckpt
+CKPT ?= runs/demo/composed.ckpt
 RUN_DIR ?= $(dir $(CKPT))
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format demo data bench eval-all clean
+.PHONY: help install test test-slow test-all lint format demo demo-full ablation data bench eval-all clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -51,7 +51,13 @@ data: $(STAMP) ## write the synthetic benchmark (SCALE=tiny|small|medium) to dat
 demo: $(STAMP) ## the main job: synthetic data -> train -> evaluate -> tables (runs/demo)
 	$(VENV)/bin/unifashion demo --data $(SYNTH) --run-dir runs/demo
 
-eval-all: $(STAMP) ## every evaluation on a checkpoint: make eval-all CKPT=path/to.ckpt [SYNTH=data root]
+demo-full: $(STAMP) ## make demo + the try-on and design stages (prints its time)
+	$(VENV)/bin/unifashion demo --data $(SYNTH) --run-dir runs/demo --stages data retrieval captioning generation composed tryon design
+
+ablation: $(STAMP) ## Table 5's shape on the synthetic benchmark (after make demo): CIR only / + ITG / + ITG + denoising
+	$(VENV)/bin/unifashion demo --data $(SYNTH) --run-dir runs/demo --stages ablation
+
+eval-all: $(STAMP) ## CMR, CIR, FIC and FIG on a checkpoint (default: the demo's phase-2 one): make eval-all [CKPT=...] [SYNTH=data root]
 	$(VENV)/bin/unifashion eval all --ckpt $(CKPT) --data $(SYNTH) --run-dir $(RUN_DIR)
 
 bench: $(STAMP) ## CPU benchmarks (bench/)

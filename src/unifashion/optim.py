@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -22,6 +22,9 @@ class OptimizerConfig:
         warmup_steps: linear warm-up steps (an int), ignored when warmup_ratio > 0.
         warmup_ratio: warm-up as a fraction of the total steps (paper LLM: 0.03).
         schedule: "cosine" decays to min_lr over the run; "constant" keeps lr after warm-up.
+        lr_multipliers: learning-rate multipliers of the parameters whose name contains a key, e.g.
+            ``{"itm_head": 10}`` (a fresh head beside a pretrained body learns faster; the schedule
+            scales every group alike). A parameter matching several keys takes the product.
     """
 
     lr: float = 1e-4
@@ -32,6 +35,12 @@ class OptimizerConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in self.lr_multipliers.items() if not v > 0}
+        if bad:
+            raise ValueError(f"optimizer.lr_multipliers must be positive, got {bad}")
 
 
 def lr_factor(step: int, total: int, cfg: OptimizerConfig) -> float:
@@ -48,14 +57,16 @@ def lr_factor(step: int, total: int, cfg: OptimizerConfig) -> float:
 
 def build_optimizer(params, cfg: OptimizerConfig, total_steps: int):
     """AdamW over `params` (no weight decay on biases, norms, temperatures and query tokens)."""
-    decay, no_decay = [], []
+    buckets: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, p in params:
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "query_tokens" in name else decay).append(p)
+        decays = not (p.ndim < 2 or "query_tokens" in name)
+        mult = math.prod(v for k, v in cfg.lr_multipliers.items() if k in name)
+        buckets.setdefault((decays, mult), []).append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0, "lr": cfg.lr * mult}
+        for (decays, mult), ps in sorted(buckets.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
     ]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, cfg))

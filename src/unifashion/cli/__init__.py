@@ -41,8 +41,13 @@ def own_parser() -> argparse.ArgumentParser:
 
 def configure_logging(level: str = "INFO") -> None:
     """One logging set-up for every verb: `unifashion.*` messages to stderr."""
-    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
-                        format="%(levelname)s %(name)s: %(message)s")
+    logger = logging.getLogger("unifashion")  # not the root logger: Lightning keeps its own handler
+    logger.setLevel(getattr(logging, str(level).upper(), logging.INFO))
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

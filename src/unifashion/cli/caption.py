@@ -16,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     src.add_argument("--data", help="a data root: FashionGen validation (styles fashiongen/fashion200k) or, "
                                     "with --style fashioniq, the Fashion-IQ images of --split")
     cap.add_argument("--style", choices=("fashiongen", "fashion200k", "fashioniq"), default="fashiongen")
-    cap.add_argument("--split", default="val", help="fashioniq: the split whose images are captioned")
+    cap.add_argument("--split", nargs="+", default=["val"],
+                     help="fashioniq: the split(s) whose images are captioned (train: the triplets' targets)")
     cap.add_argument("--categories", nargs="+", default=["dress", "shirt", "toptee"], help="fashioniq categories")
     cap.add_argument("--out", required=True, help="captions.json (fashioniq --data: the folder of the "
                                                   "next_llava.{split}.{cat}.caption.json files)")
@@ -33,9 +34,11 @@ def run(args) -> int:
     if args.data is not None and args.style == "fashioniq":
         from unifashion.tasks.cir.captions import write_fashioniq_captions
 
-        files = write_fashioniq_captions(model, args.data, args.out, split=args.split,
-                                         categories=args.categories, **gen)
-        for f in files:
+        from unifashion.data.roots import dataset_root
+
+        files = write_fashioniq_captions(model, dataset_root(args.data, "fashioniq"), args.out,
+                                         splits=tuple(args.split), categories=args.categories, **gen)
+        for f in files.values():
             print(f"captions written to {f}")
         return 0
     if args.data is not None:

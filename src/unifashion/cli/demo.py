@@ -6,13 +6,13 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from unifashion.demo.pipeline import STAGES
+    from unifashion.demo.pipeline import ALL_STAGES, STAGES
 
     demo = sub.add_parser(name, help="the main job on the synthetic benchmark")
     demo.add_argument("--data", default="data/synthetic")
     demo.add_argument("--run-dir", default="runs/demo")
     demo.add_argument("--scale", choices=("tiny", "small", "medium"), default="small")
-    demo.add_argument("--stages", nargs="+", default=None, help=f"subset of stages to run: {' '.join(STAGES)}")
+    demo.add_argument("--stages", nargs="+", default=None, help=f"stages to run (default: {' '.join(STAGES)}; all: {' '.join(ALL_STAGES)})")
 
 
 def run(args) -> int:

@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--max-items", type=int, default=None, help="cap on evaluated items (quick looks)")
     ev.add_argument("--caption-weight", type=float, default=1.0, help="cir: weight w of the caption term")
+    ev.add_argument("--captions", default=None,
+                    help="cir: folder of next_llava.{split}.{cat}.caption.json gallery captions (default: the "
+                         "checkpoint's own captioner writes them from each gallery image alone)")
     ev.add_argument("--prefix", default="", help="prefix for the metric keys (e.g. baseline/)")
 
 
@@ -36,9 +39,19 @@ def evaluate(model, task: str, args, run_dir: Path) -> dict[str, float] | None:
                        prefix=args.prefix, batch_size=args.batch_size, num_queries=args.num_queries,
                        num_negatives=args.num_negatives)
     if task == "cir":
+        from unifashion.data.roots import dataset_root
         from unifashion.tasks.cir.evaluate import run_cir
 
-        return run_cir(model, args.data, prefix=args.prefix, caption_weight=args.caption_weight,
+        root = dataset_root(args.data, "fashioniq")
+        captions = args.captions
+        if captions is None and model.capabilities.caption:
+            from unifashion.tasks.cir.captions import write_fashioniq_captions
+
+            captions = run_dir / "fashioniq_captions"
+            write_fashioniq_captions(model, root, captions, splits=("val",))  # gallery images alone
+        elif captions is None:
+            print("cir: no gallery captions (no captioner, no --captions): only the image term is scored")
+        return run_cir(model, root, captions, prefix=args.prefix, caption_weight=args.caption_weight,
                        batch_size=args.batch_size)
     if task == "fic":
         if not model.capabilities.caption:

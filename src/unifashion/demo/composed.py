@@ -41,7 +41,7 @@ ABLATION = {
     "+ ITG + denoise": {"itg": 1.0, "denoise": 1.0},
 }
 """Table 5's rows: loss weights over the CIR terms (which stay 1)."""
-OUTPUT_ITEMS = 96
+OUTPUT_ITEMS = 48
 """Validation queries whose composed caption and image are checked (both need generation)."""
 
 

@@ -5,8 +5,17 @@ Stages (each timed into `<run dir>/metrics.json` as `time/<stage>_s`):
   retrieval   build the tiny model from lightning_configs/tiny/phase1_retrieval.yaml, evaluate it
               untrained (keys prefixed `baseline/`), train phase1_retrieval, evaluate again
   captioning  phase1_captioning from the retrieval checkpoint; caption metrics vs untrained
-  generation  phase1_image_generation from the retrieval checkpoint; FID-proxy and colour accuracy
-The same configs run with `unifashion fit --config ...`; this file only chains them.
+  generation  phase1_image_generation from the retrieval checkpoint (latent diffusion on the tiny VAE);
+              FID-proxy and colour accuracy vs untrained and vs the real images
+  composed    phase2_composed from the captioning + generation checkpoints, on Fashion-IQ triplets
+              with gallery captions written by the demo's own captioner; CIR table (full / w/o cap /
+              w/o img) vs untrained, image-only and text-only baselines
+`make demo-full` adds:
+  tryon       finetune_tryon on the synthetic VITON-HD (paired SSIM, unpaired FID-proxy / KID-proxy)
+  design      finetune_design (sketch + text; colour asked in the text vs colour generated)
+`make ablation` runs `ablation` (phase 2 with CIR terms only / + ITG / + ITG + denoising) after the
+demo. The same configs run with `unifashion fit --config ...`; this file only chains them. Each stage
+leaves a stable checkpoint copy `<run dir>/<stage>.ckpt` for `unifashion eval`, the API and the notebooks.
 """
 
 from __future__ import annotations
@@ -19,7 +28,11 @@ from pathlib import Path
 from unifashion.tasks.report import PAPER_NUMBERS, format_table, update_metrics_json
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "lightning_configs" / "tiny"
-STAGES = ("data", "retrieval", "captioning", "generation")
+STAGES = ("data", "retrieval", "captioning", "generation", "composed")
+"""The stages of `make demo`."""
+FULL_STAGES = (*STAGES, "tryon", "design")
+"""The stages of `make demo-full`."""
+ALL_STAGES = (*FULL_STAGES, "ablation")
 LM_STEPS = 100
 """Pretraining steps of the tiny caption LLM written with the data (models/tiny_language_model.py)."""
 
@@ -58,6 +71,16 @@ class Timer:
         self.times[f"time/{stage}_s"] = round(time.perf_counter() - start, 2)
         print(f"=== {stage}: {self.times[f'time/{stage}_s']:.1f} s", flush=True)
         return out
+
+
+def _keep_last(stage_dir: Path, out: Path) -> Path:
+    """Copies the newest `last.ckpt` under a stage's folder to a stable `<run dir>/<stage>.ckpt`."""
+    found = sorted(stage_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no last.ckpt under {stage_dir}: did the stage train?")
+    shutil.copyfile(found[-1], out)
+    print(f"{out.stem} checkpoint: {out}")
+    return out
 
 
 def run_demo(args) -> int:
@@ -101,12 +124,36 @@ def run_demo(args) -> int:
         from unifashion.demo.captioning import captioning_stage
 
         metrics |= captioning_stage(data, run_dir, retrieval_ckpt, timer, build_cli, _config)
+        _keep_last(run_dir / "captioning", run_dir / "captioning.ckpt")
         update_metrics_json(metrics_path, metrics | timer.times)
 
     if "generation" in stages:
         from unifashion.demo.generation import generation_stage
 
         metrics |= generation_stage(data, run_dir, retrieval_ckpt, timer, build_cli, _config)
+        _keep_last(run_dir / "generation", run_dir / "generation.ckpt")
+        update_metrics_json(metrics_path, metrics | timer.times)
+
+    if "composed" in stages:
+        from unifashion.demo.composed import composed_stage
+
+        phase1 = [run_dir / "captioning.ckpt", run_dir / "generation.ckpt"]
+        metrics |= composed_stage(data, run_dir, phase1, timer, build_cli, _config)
+        _keep_last(run_dir / "composed", run_dir / "composed.ckpt")
+        update_metrics_json(metrics_path, metrics | timer.times)
+
+    for kind in ("tryon", "design"):
+        if kind in stages:
+            from unifashion.demo.tryon import tryon_stage
+
+            metrics |= tryon_stage(data, run_dir, retrieval_ckpt, timer, build_cli, _config, kind=kind)
+            _keep_last(run_dir / kind, run_dir / f"{kind}.ckpt")
+            update_metrics_json(metrics_path, metrics | timer.times)
+
+    if "ablation" in stages:
+        from unifashion.demo.composed import ablation
+
+        metrics |= ablation(data, run_dir, timer, build_cli, _config)
         update_metrics_json(metrics_path, metrics | timer.times)
 
     timer.times["time/demo_total_s"] = round(time.perf_counter() - wall, 2)

@@ -46,7 +46,7 @@ PAPER_NUMBERS: dict[str, float] = {
     # Table 4, Fashion-IQ composed retrieval, means over dress / shirt / toptee.
     "cir/fashioniq/mean/R@10": 58.93,
     "cir/fashioniq/mean/R@50": 76.93,
-    "cir/fashioniq/mean/R": 67.93,
+    "cir/fashioniq/mean/avg": 67.93,
 }
 """Headline numbers of the UniFashion paper (arXiv 2408.11305, Tables 1-4; ANCHORS.md)."""
 
