@@ -13,17 +13,17 @@ from fixtures_data import FG_VAL, write_fashiongen
 from PIL import Image
 from tiny import tiny_encoder_config
 
+from unifashion.api import UniFashion
 from unifashion.cli import main
 from unifashion.data.fashiongen import FashionGenDataModule
-from unifashion.tasks.fic.protocol import caption_metrics
-from unifashion.api import UniFashion
-from unifashion.tasks.fic.evaluate import run_fic
 from unifashion.models.captioner import CaptionerConfig
 from unifashion.models.encoder import EncoderConfig
 from unifashion.models.instructions import INSTRUCTIONS
 from unifashion.models.tokenizers import train_bpe_tokenizer, train_wordpiece_tokenizer
 from unifashion.module import UniFashionModule
 from unifashion.optim import OptimizerConfig
+from unifashion.tasks.fic.evaluate import run_fic
+from unifashion.tasks.fic.protocol import caption_metrics
 
 CHEAP = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr")  # no METEOR: its JVM start is slow
 CORPUS = ["Café cotton shirt.", "Striped shirt", "Blue jeans", "Linen shirt naïve", "Poplin shirt",

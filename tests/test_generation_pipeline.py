@@ -16,17 +16,17 @@ from fixtures_vitonhd import write_vitonhd
 from PIL import Image
 from tiny import tiny_encoder_config
 
-from unifashion.cli import main
 from unifashion.api import UniFashion
+from unifashion.cli import main
 from unifashion.data.fashiongen import FashionGenDataModule
 from unifashion.data.synthetic.attributes import COLOURS
 from unifashion.data.vitonhd import VitonHDDataModule
-from unifashion.tasks.fig.evaluate import run_fig, save_grid
 from unifashion.models.encoder import EncoderConfig
 from unifashion.models.generator import Generator, GeneratorConfig
 from unifashion.models.tokenizers import train_wordpiece_tokenizer
 from unifashion.module import UniFashionModule
 from unifashion.optim import OptimizerConfig
+from unifashion.tasks.fig.evaluate import run_fig, save_grid
 
 WORDS = "linen shirt poplin leather belt red cotton top crew neck blue striped black white tank".split()
 GEN = dict(pixel_space=True, num_queries=4, height=8, width=8, sample_size=8, block_out_channels=(16, 32),

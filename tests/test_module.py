@@ -9,12 +9,12 @@ from fixtures_data import write_fashiongen
 from tiny import tiny_encoder_config
 
 from unifashion.api import UniFashion
-from unifashion.tasks.cmr.evaluate import run_cmr
 from unifashion.data.fashiongen import FashionGenDataModule
 from unifashion.models.tokenizers import train_wordpiece_tokenizer
 from unifashion.module import UniFashionModule
 from unifashion.optim import OptimizerConfig
 from unifashion.phases import PHASES, apply_freeze_policy, get_phase, resolve_loss_weights
+from unifashion.tasks.cmr.evaluate import run_cmr
 
 WORDS = "caf cotton shirt striped blue jeans red dress black white wool coat".split()
 
@@ -59,9 +59,9 @@ def test_freeze_vision_follows_config(setup_dirs):
     assert all(p.requires_grad for p in trained.encoder.model.vision_model.parameters())
 
 
-def test_unimplemented_phase_is_a_clear_error(setup_dirs):
+def test_phase2_without_its_submodules_is_a_clear_error(setup_dirs):
     _, tok = setup_dirs
-    with pytest.raises(NotImplementedError, match="cir_itc_img"):
+    with pytest.raises(ValueError, match="captioner"):  # phase 2 needs the captioner and the generator
         UniFashionModule(tiny_encoder_config(tok), phase="phase2_composed")
 
 

@@ -432,14 +432,21 @@ class UniFashionModule(L.LightningModule):
         """`unifashion test`: the phase's loss terms on the test loader, logged as `test/loss_<term>`
         (Lightning appends `/dataloader_idx_<i>` when there are several sequential test loaders)."""
         named = self._named_batches(batch)
+        summed: dict[str, torch.Tensor] = {}
+        total_n = 0.0
         for name, b in named.items():
             terms = self.compute_losses(b)
             n = float(len(b["text"]))
-            key = "test/" if len(named) == 1 else f"test/{name}/"  # a CombinedLoader: per-dataset keys
+            total_n += n
             for k, v in terms.items():
-                self.log(f"{key}loss_{k}", v, batch_size=n, sync_dist=True)
-            if terms:
-                self.log(f"{key}loss", self._weighted_sum(terms), batch_size=n, sync_dist=True)
+                summed[k] = summed.get(k, 0.0) + v * n
+                if len(named) > 1:  # a CombinedLoader: per-dataset keys beside the totals
+                    self.log(f"test/{name}/loss_{k}", v, batch_size=n, sync_dist=True)
+        for k, v in summed.items():
+            self.log(f"test/loss_{k}", v / total_n, batch_size=total_n, sync_dist=True)
+        if summed:
+            self.log("test/loss", self._weighted_sum({k: v / total_n for k, v in summed.items()}),
+                     batch_size=total_n, sync_dist=True)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """`unifashion predict`: what the inference API returns for a batch of image-text pairs:

@@ -32,9 +32,8 @@ def run(args) -> int:
     model = UniFashion.from_checkpoint(args.ckpt)
     gen = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
     if args.data is not None and args.style == "fashioniq":
-        from unifashion.tasks.cir.captions import write_fashioniq_captions
-
         from unifashion.data.roots import dataset_root
+        from unifashion.tasks.cir.captions import write_fashioniq_captions
 
         files = write_fashioniq_captions(model, dataset_root(args.data, "fashioniq"), args.out,
                                          splits=tuple(args.split), categories=args.categories, **gen)

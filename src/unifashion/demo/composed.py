@@ -172,7 +172,7 @@ def composed_stage(
     caption_dir = stage_dir / "captions"
     merged = merge_phase1_checkpoints([Path(p) for p in phase1_ckpts], run_dir / "phase1.ckpt")
     captioner = UniFashion.from_checkpoint(phase1_ckpts[0], device="cpu", show_progress=False)
-    timer.run("caption_fashioniq", lambda: write_fashioniq_captions(
+    timer.run("caption_fashioniq", lambda captioner=captioner: write_fashioniq_captions(
         captioner, data / "fashioniq", caption_dir, splits=("train", "val"), max_new_tokens=48))
     del captioner
     pattern = str(caption_dir / "next_llava.{split}.{cat}.caption.json")
@@ -232,7 +232,7 @@ def ablation(
                 "--model.generator.vae", str(Path(data) / "pretrained" / "vae"),
                 *[a for k, v in weights.items() for a in (f"--model.loss_weights.{k}", str(v))], *(extra or [])]
         cli = build_cli(config(CONFIG_NAME), run_dir / "ablation" / tag, Path(data), args)
-        timer.run(f"ablation_{tag}", lambda: cli.trainer.fit(cli.model, cli.datamodule))
+        timer.run(f"ablation_{tag}", lambda cli=cli: cli.trainer.fit(cli.model, cli.datamodule))
         cli.model.eval()
         m = run_cir(UniFashion(cli.model, show_progress=False), Path(data) / "fashioniq", caption_dir)
         for k in ("R@10", "R@50", "avg"):
