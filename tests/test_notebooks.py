@@ -111,6 +111,11 @@ def demo_run(layout, kernel) -> tuple[Path, Path]:
 
     data, run = layout
     synthesize(data, scale="tiny", lm_steps=2)
+    # the tiny generation config loads a pretrained tiny VAE (`unifashion data synth` does not write it yet)
+    from unifashion.models.tiny_autoencoder import TinyAutoencoderConfig, pretrain_tiny_autoencoder
+
+    pretrain_tiny_autoencoder(data / "fashiongen" / "fashiongen_256_256_train.h5", data / "pretrained" / "vae",
+                              TinyAutoencoderConfig(steps=2))
     common = ["--trainer.max_steps", TRAIN_STEPS, "--trainer.enable_progress_bar", "false",
               "--data.init_args.root", str(data / "fashiongen"), "--data.init_args.batch_size", "8",
               "--data.init_args.num_workers", "0"]
@@ -127,17 +132,14 @@ def demo_run(layout, kernel) -> tuple[Path, Path]:
     after_retrieval = ["--model.init_from", str(run / "retrieval.ckpt")]
     stage("captioning", "phase1_captioning.yaml",
           after_retrieval + ["--model.captioner.llm", str(data / "pretrained" / "llm")])
-    stage("generation", "phase1_image_generation.yaml", after_retrieval)
+    stage("generation", "phase1_image_generation.yaml",
+          after_retrieval + ["--model.generator.vae", str(data / "pretrained" / "vae")])
     for name in ("captioning", "generation"):
         assert len(list((run / name).rglob("last.ckpt"))) == 1, name
     return data, run
 
 
-KNOWN_FAILING = {
-    # the tiny generation config now loads data/synthetic/pretrained/vae, which `synthesize` does not
-    # write yet (open: issue 12, wire models.tiny_autoencoder into `unifashion data synth`)
-    "04_generation.ipynb": "tiny VAE not written by unifashion data synth yet (issue 12)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN_FAILING[p.name], strict=True))
