@@ -170,7 +170,7 @@ def test_python_dash_m_is_the_command():
 def retrieval_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth_api")
     assert main(["data", "synth", "--out", str(out), "--scale", "tiny", "--datasets", "fashiongen",
-                 "--lm-steps", "0"]) == 0
+                 "--lm-steps", "0", "--vae-steps", "0"]) == 0
     run = out / "run"
     args = ["--config", str(ROOT / "lightning_configs" / "tiny" / "phase1_retrieval.yaml"),
             "--trainer.max_steps", "2", "--trainer.default_root_dir", str(run),

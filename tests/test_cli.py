@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     assert main(["data", "synth", "--out", str(out), "--scale", "tiny", "--datasets", "fashiongen",
-                 "--lm-steps", "5"]) == 0
+                 "--lm-steps", "5", "--vae-steps", "3"]) == 0
     return out
 
 
@@ -39,6 +39,12 @@ def test_synth_writes_official_layout_and_tokenizers(synth):
     llm = synth / "pretrained" / "llm"
     assert (llm / "config.json").is_file() and (llm / "tokenizer.json").is_file()
     assert json.loads((llm / "pretraining.json").read_text())["steps"] == 5
+    # and the tiny VAE, loadable the way the generator loads SD's VAE
+    from diffusers import AutoencoderKL
+
+    vae = synth / "pretrained" / "vae"
+    assert json.loads((vae / "pretraining.json").read_text())["steps"] == 3
+    assert AutoencoderKL.from_pretrained(vae).config.scaling_factor > 0
 
 
 def test_fit_with_the_tiny_config_then_eval(synth, tmp_path, capsys):

@@ -107,3 +107,23 @@ def test_wholly_frozen_parts_stay_in_eval_mode(setup_dirs):
         p.requires_grad_(False)
     model.train()
     assert model.training and not model.encoder.training and not any(m.training for m in model.encoder.modules())
+
+
+@pytest.mark.parametrize("trains_vision", [True, False])
+def test_itm_reaches_the_vision_encoder_only_when_asked(setup_dirs, trains_vision):
+    """`itm_trains_vision=False`: the ITM loss leaves the vision encoder's gradients untouched (BLIP-2's
+    frozen-ViT setting), while ITC still trains it; the Q-Former gets ITM gradients either way."""
+    _, tok = setup_dirs
+    torch.manual_seed(0)
+    model = UniFashionModule(tiny_encoder_config(tok, freeze_vision=False), loss_weights={"itc": 0.0, "itm": 1.0},
+                             itm_trains_vision=trains_vision)
+    s = model.encoder.config.image_size
+    texts = ["red shirt", "blue dress", "green coat", "black skirt"]
+    batch = {"image": torch.randn(4, 3, s, s), **model.encoder.tokenize(texts), "product_id": torch.arange(4),
+             "text": texts}
+    model.compute_losses(batch)["itm"].backward()
+    vision = [p.grad for p in model.encoder.vision_parameters()]
+    qformer = [p.grad for n, p in model.encoder.model.qformer.named_parameters() if "crossattention" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in qformer)
+    moved = any(g is not None and g.abs().sum() > 0 for g in vision)
+    assert moved == trains_vision

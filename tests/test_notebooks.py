@@ -110,12 +110,7 @@ def demo_run(layout, kernel) -> tuple[Path, Path]:
     from unifashion.tasks.report import update_metrics_json
 
     data, run = layout
-    synthesize(data, scale="tiny", lm_steps=2)
-    # the tiny generation config loads a pretrained tiny VAE (`unifashion data synth` does not write it yet)
-    from unifashion.models.tiny_autoencoder import TinyAutoencoderConfig, pretrain_tiny_autoencoder
-
-    pretrain_tiny_autoencoder(data / "fashiongen" / "fashiongen_256_256_train.h5", data / "pretrained" / "vae",
-                              TinyAutoencoderConfig(steps=2))
+    synthesize(data, scale="tiny", lm_steps=2, vae_steps=2)  # the tiny VAE the generation config loads
     common = ["--trainer.max_steps", TRAIN_STEPS, "--trainer.enable_progress_bar", "false",
               "--data.init_args.root", str(data / "fashiongen"), "--data.init_args.batch_size", "8",
               "--data.init_args.num_workers", "0"]

@@ -51,6 +51,11 @@ class UniFashionModule(L.LightningModule):
         label_smoothing: ITC label smoothing (LAVIS: 0.1).
         itm_max_pairs: ITM scores only this many pairs of each batch (None: all, as LAVIS); hard
             negatives are still mined from the whole batch. A cost knob for CPU runs.
+        itm_trains_vision: the ITM loss (eq. 4) back-propagates into the vision encoder. BLIP-2 never
+            does (its ViT is frozen: only the Q-Former learns ITM); set False when the vision encoder is
+            trained from scratch (tiny configs) so that only ITC shapes it. Measured on the tiny
+            retrieval config with ITM weight 10: True lowers ITC full-protocol R@1 from 46.0 / 52.4 to
+            39.4 / 43.3, False keeps 44.0 / 48.1 (bench/RESULTS.md).
         init_from: a checkpoint of an earlier phase whose weights are loaded before training
             (e.g. the phase1_retrieval checkpoint for phase1_generative).
         save_trainable_only: checkpoints keep only trained parameters and the parameters of
@@ -74,6 +79,7 @@ class UniFashionModule(L.LightningModule):
         optimizer: OptimizerConfig | None = None,
         label_smoothing: float = 0.1,
         itm_max_pairs: int | None = None,
+        itm_trains_vision: bool = True,
         init_from: str | None = None,
         save_trainable_only: bool = True,
         query_cache_size: int = 0,
@@ -113,6 +119,7 @@ class UniFashionModule(L.LightningModule):
 
         self.itc_loss = ItcLoss(label_smoothing=label_smoothing)
         self.itm_loss = ItmLoss(max_pairs=itm_max_pairs)
+        self.itm_trains_vision = itm_trains_vision
         if init_from:
             self.load_weights(init_from)
         self.trainable_counts = apply_freeze_policy(
@@ -230,7 +237,7 @@ class UniFashionModule(L.LightningModule):
                 terms.update(
                     self.itm_loss(
                         self.encoder,
-                        image.vision_embeds,
+                        image.vision_embeds if self.itm_trains_vision else image.vision_embeds.detach(),
                         batch["input_ids"],
                         batch["attention_mask"],
                         itc.sim_i2t.detach(),

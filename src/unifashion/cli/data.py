@@ -19,10 +19,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "--lm-steps", type=int, default=100,
         help="pretraining steps of the tiny caption LLM written to <out>/pretrained/llm (0: do not write it)",
     )
+    synth.add_argument(
+        "--vae-steps", type=int, default=None,
+        help="training steps of the tiny VAE written to <out>/pretrained/vae (default: "
+             "TinyAutoencoderConfig.steps; 0: do not write it)",
+    )
 
 
 def run(args) -> int:
-
-    return synthesize(args.out, args.seed, args.scale, args.datasets, args.lm_steps)
+    return synthesize(args.out, args.seed, args.scale, args.datasets, args.lm_steps, args.vae_steps)
 
 from unifashion.models.tiny_assets import synthesize  # noqa: E402,F401 (re-exported for scripts)

@@ -2,7 +2,7 @@
 
 Builds the tiny model of `lightning_configs/tiny/phase1_image_generation.yaml`: latent diffusion as in
 the paper-size run (a UNet on the 4-channel latents of a frozen `AutoencoderKL`, SD's scaled-linear
-DDPM schedule, epsilon prediction, classifier-free guidance on a learned null condition, PLMS /
+DDPM schedule, v-prediction (see the config), classifier-free guidance on a learned null condition, PLMS /
 DPM-Solver++ sampling), with the tiny VAE that `unifashion data synth` pretrains on the synthetic images
 (`models/tiny_autoencoder.py`, `<data>/pretrained/vae`, loaded like SD-1.4's VAE through
 `generator.vae`) and the Q-Former of the phase1_retrieval checkpoint (`init_from`; frozen in this

@@ -99,12 +99,15 @@ def run_demo(args) -> int:
 
     if "data" in stages:
         marker = data / "fashiongen" / "fashiongen_256_256_validation.h5"
-        from unifashion.models.tiny_assets import TINY_LLM_DIR, synthesize, write_tiny_llm
+        from unifashion.models.tiny_assets import TINY_LLM_DIR, synthesize, write_tiny_llm, write_vae
+        from unifashion.models.tiny_autoencoder import TINY_VAE_DIR
 
         if marker.is_file() and (data / "tokenizers" / "qformer").is_dir():
             print(f"synthetic benchmark found at {data} (delete it to regenerate)")
             if not (data / TINY_LLM_DIR / "config.json").is_file():  # written by an older version
                 timer.run("data", lambda: write_tiny_llm(data, LM_STEPS))
+            if not (data / TINY_VAE_DIR / "config.json").is_file():  # written by an older version
+                timer.run("data_vae", lambda: write_vae(data))
         else:
             timer.run("data", lambda: synthesize(data, seed=0, scale=args.scale, lm_steps=LM_STEPS))
 

@@ -7,6 +7,8 @@ very same `from_pretrained` calls:
   tokenizers/qformer   WordPiece tokenizer of the tiny Q-Former
   tokenizers/llm       BPE tokenizer of the tiny caption LLM (also knows the prompt texts)
   pretrained/llm       tiny Llama pretrained on the synthetic captions, text only
+  pretrained/vae       tiny AutoencoderKL trained on the synthetic FashionGen training images
+                       (models/tiny_autoencoder.py), loaded like SD's VAE
 """
 
 from __future__ import annotations
@@ -85,8 +87,21 @@ def write_tiny_llm(root: Path, steps: int) -> dict:
                                         TinyLanguageModelConfig(steps=steps))
 
 
-def synthesize(out: str | Path, seed: int = 0, scale: str = "small", datasets=None, lm_steps: int = 100) -> int:
-    """Writes the benchmark, the tiny tokenizers and (lm_steps > 0) the tiny pretrained caption LLM."""
+def write_vae(root: Path, steps: int | None = None) -> dict:
+    """Trains the tiny VAE on the synthetic FashionGen training images into ``root/pretrained/vae``."""
+    from unifashion.models.tiny_autoencoder import TINY_VAE_DIR, write_tiny_vae
+
+    report = write_tiny_vae(root, steps)
+    print(f"tiny VAE: {Path(root) / TINY_VAE_DIR} ({report['steps']} steps on {report['images']} images, "
+          f"hold-out PSNR {report['holdout_psnr_untrained_db']:.1f} -> {report['holdout_psnr_db']:.1f} dB, "
+          f"{report['seconds']:.1f} s)")
+    return report
+
+
+def synthesize(out: str | Path, seed: int = 0, scale: str = "small", datasets=None, lm_steps: int = 100,
+               vae_steps: int | None = None) -> int:
+    """Writes the benchmark, the tiny tokenizers, (lm_steps > 0) the tiny pretrained caption LLM and
+    (vae_steps != 0, FashionGen written) the tiny VAE; vae_steps None: `TinyAutoencoderConfig.steps`."""
     from unifashion.data.synthetic.benchmark import write_benchmark
 
     out = Path(out)
@@ -101,5 +116,7 @@ def synthesize(out: str | Path, seed: int = 0, scale: str = "small", datasets=No
         report = write_tiny_llm(out, lm_steps)
         print(f"tiny caption LLM: {out / TINY_LLM_DIR} ({lm_steps} steps on {report['texts']} prompt+caption "
               f"texts, loss {report['first_loss']:.2f} -> {report['last_loss']:.2f}, {report['seconds']:.1f} s)")
+    if vae_steps != 0 and (out / "fashiongen").is_dir():
+        write_vae(out, vae_steps)
     print(f"synthetic benchmark written to {out} in {time.perf_counter() - start:.1f} s")
     return 0

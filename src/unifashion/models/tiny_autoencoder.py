@@ -50,13 +50,17 @@ class TinyAutoencoderConfig:
     """Training image height in pixels (the tiny generator's `height`)."""
     width: int = 64
     """Training image width in pixels (the tiny generator's `width`)."""
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    """Encoder/decoder block widths; downsampling factor 2 ** (len - 1) (here 4: 64 px -> 16 latents)."""
+    block_out_channels: tuple[int, ...] = (16, 32, 32)
+    """Encoder/decoder block widths; downsampling factor 2 ** (len - 1) (here 4: 64 px -> 16 latents).
+    Narrow blocks buy optimiser steps: hue is what a tiny VAE learns last, and steps, not width, decide
+    it (measured on the small benchmark, 2-core CPU, colour accuracy of 400 validation reconstructions
+    vs 73.0 % on the originals: (32, 64, 64) x 300 steps of 32 -> 22.0 % in 68 s, x 600 -> 43.0 % in
+    143 s; (16, 32, 32) x 1000 steps of 16 -> 38.0 % in 53 s, x 1600 -> 45.8 % in 80 s)."""
     layers_per_block: int = 1
     """ResNet layers per encoder block (the decoder has one more, as in diffusers)."""
     latent_channels: int = 4
     """Latent channels (SD: 4)."""
-    norm_num_groups: int = 16
+    norm_num_groups: int = 8
     """Group-norm groups (must divide every block width)."""
     kl_weight: float = 1e-6
     """Weight of the KL term relative to the per-pixel reconstruction error (LDM: 1e-6)."""
@@ -76,9 +80,9 @@ class TinyAutoencoderConfig:
     crop: int | None = 32
     """Train on random `crop` x `crop` crops (the VAE is convolutional, as SD's VAE was trained on 256-px
     crops and used at 512 px): 4x cheaper steps than 64-px images. None: whole images."""
-    steps: int = 300
+    steps: int = 1600
     """Optimiser steps."""
-    batch_size: int = 32
+    batch_size: int = 16
     """Images per step."""
     lr: float = 2e-3
     """Peak AdamW learning rate."""

@@ -56,7 +56,7 @@ SCALES: dict[str, ScaleSpec] = {
     "small": ScaleSpec(
         fashiongen.FashionGenSpec(_SMALL_SUBS, train_per_subcategory=300, validation_per_subcategory=120),
         fashion200k.Fashion200KSpec({"train": 60, "test": 20}),
-        fashioniq.FashionIQSpec({"train": 200, "val": 80, "test": 40}, shared_val=8),
+        fashioniq.FashionIQSpec({"train": 800, "val": 80, "test": 40}, shared_val=8),
         vitonhd.VitonHDSpec(train=160, test=40),
     ),
     "medium": ScaleSpec(
