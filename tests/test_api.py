@@ -83,8 +83,16 @@ def test_embeddings_equal_the_encoder_paths(model, tmp_path):
     torch.testing.assert_close(model.match(images, texts), itm.softmax(-1)[:, 1])
     # distinct images + an index give the same logits as repeated images
     idx = torch.tensor([0, 0, 2])
-    torch.testing.assert_close(model.match(images, texts, image_index=idx, logits=True),
-                               model.match([images[0], images[0], images[2]], texts, logits=True))
+    torch.testing.assert_close(model.match(images, texts, output="logits"), itm)
+    torch.testing.assert_close(model.match(images, texts, image_index=idx, output="logits"),
+                               model.match([images[0], images[0], images[2]], texts, output="logits"))
+    assert model.temperature == pytest.approx(float(model.encoder.temp))
+    # precomputed vision features give the same logits; exactly one of images / vision
+    vision = model.vision_features(images)
+    torch.testing.assert_close(model.match(None, texts, image_index=torch.arange(3), output="logits", vision=vision),
+                               itm)
+    with pytest.raises(ValueError, match="exactly one of images or vision"):
+        model.match(images, texts, vision=vision)
 
 
 def test_bad_inputs_are_clear_errors(model, tmp_path):

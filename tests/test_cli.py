@@ -62,10 +62,16 @@ def test_fit_with_the_tiny_config_then_eval(synth, tmp_path, capsys):
     assert (run / "logs" / "version_0" / "config.yaml").is_file()  # LightningCLI saved the config
     ckpt = tmp_path / "model.ckpt"
     shutil.copyfile(ckpts[0], ckpt)
-    assert main(["eval", "cmr", "--ckpt", str(ckpt), "--data", str(synth), "--num-negatives", "10"]) == 0
+    assert main(["eval", "cmr", "--ckpt", str(ckpt), "--data", str(synth), "--num-negatives", "10",
+                 "--rerank-k", "3"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= metrics["cmr/fashiongen/sample100/mean/R"] <= 100
     assert "cmr/fashiongen/full/i2t/R@1" in metrics and "time/eval_cmr_s" in metrics
+    # re-ranking only re-sorts each query's top 3: R@5 and R@10 cannot move, under either rule
+    for rule in ("full_itm", "full_itm_lavis"):
+        for d in ("i2t", "t2i"):
+            for k in (5, 10):
+                assert metrics[f"cmr/fashiongen/{rule}/{d}/R@{k}"] == metrics[f"cmr/fashiongen/full/{d}/R@{k}"]
     assert "R@1" in capsys.readouterr().out
 
 

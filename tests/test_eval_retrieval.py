@@ -329,45 +329,66 @@ def test_block100_matches_naive():
 # ----------------------------------------------------------------------------------------------
 
 
-def _naive_rerank_ranks(s, logits, pid_q, pid_g, k, transpose):
+def _naive_rerank_ranks(s, itm, pid_q, pid_g, k, transpose, itc_scale=1.0):
     ranks = []
     nq = len(pid_q)
     for a in range(nq):
         row = [(s[b][a] if transpose else s[a][b]) for b in range(len(pid_g))]
-        lg = [(logits[b][a] if transpose else logits[a][b]) for b in range(len(pid_g))]
+        lg = [(itm[b][a] if transpose else itm[a][b]) for b in range(len(pid_g))]
         order = sorted(range(len(row)), key=lambda b: -row[b])
-        cand = sorted(order[:k], key=lambda b: -(row[b] + lg[b]))
+        cand = sorted(order[:k], key=lambda b: -(itc_scale * row[b] + lg[b]))
         final = cand + order[k:]
         ranks.append(next(r for r, b in enumerate(final) if pid_g[b] == pid_q[a]))
     return ranks
 
 
-def test_itm_rerank_matches_naive_with_fake_itm():
+@pytest.mark.parametrize("rule", ["log_odds", "lavis"])
+def test_itm_rerank_matches_naive_with_fake_itm(rule):
     image, text, image_pid, text_pid, *_ = _problem(seed=9, products=25)
     scores = score_matrix(image, text)
     g = torch.Generator().manual_seed(2)
-    # Fake ITM: random logits plus a bonus for the right product.
+    # Fake ITM: random logits plus a bonus for the right product; the no-match logit is random too.
     table = (
         torch.randn(scores.shape, generator=g) * 0.3 + 1.5 * (image_pid[:, None] == text_pid[None]).float()
     )
+    no_match = torch.randn(scores.shape, generator=g) * 0.5
     calls = []
 
     def itm_fn(i, t):
         calls.append(len(i))
-        return torch.stack([-table[i, t], table[i, t]], dim=1)  # (P, 2) logits
+        return torch.stack([no_match[i, t], table[i, t]], dim=1)  # (P, 2) logits
 
-    k = 6
-    reranked = itm_rerank(scores, itm_fn, k=k, batch_size=37)
+    k, tau = 6, 0.05
+    reranked = itm_rerank(scores, itm_fn, k=k, batch_size=37, rule=rule, temperature=tau)
     assert max(calls) <= 37 and sum(calls) == k * (scores.shape[0] + scores.shape[1])
     got = full_protocol(reranked.i2t, image_pid, text_pid, t2i_scores=reranked.t2i, ks=(1, 5, 10))
-    s, lg = scores.tolist(), table.tolist()
-    i2t = _naive_rerank_ranks(s, lg, image_pid.tolist(), text_pid.tolist(), k, transpose=False)
-    t2i = _naive_rerank_ranks(s, lg, text_pid.tolist(), image_pid.tolist(), k, transpose=True)
+    # log-odds + s / tau, or (LAVIS) the match logit + s
+    itm, scale = ((table - no_match), 1 / tau) if rule == "log_odds" else (table, 1.0)
+    s, lg = scores.tolist(), itm.tolist()
+    i2t = _naive_rerank_ranks(s, lg, image_pid.tolist(), text_pid.tolist(), k, transpose=False, itc_scale=scale)
+    t2i = _naive_rerank_ranks(s, lg, text_pid.tolist(), image_pid.tolist(), k, transpose=True, itc_scale=scale)
     for kk in (1, 5, 10):
         assert got[f"i2t/R@{kk}"] == pytest.approx(_pct(i2t, kk))
         assert got[f"t2i/R@{kk}"] == pytest.approx(_pct(t2i, kk))
     plain = full_protocol(scores, image_pid, text_pid)
     assert got["i2t/R@1"] > plain["i2t/R@1"]  # the product bonus helps
+
+
+def test_itm_rerank_rules_differ_where_the_itc_gap_is_large():
+    # two candidates: ITC prefers column 0 by 0.2 (4 logits at tau 0.05), ITM prefers column 1 by 1 logit
+    scores = torch.tensor([[0.9, 0.7]])
+    logits = {0: torch.tensor([0.0, 0.0]), 1: torch.tensor([0.0, 1.0])}
+
+    def itm_fn(i, t):
+        return torch.stack([logits[int(c)] for c in t])
+
+    lavis = itm_rerank(scores, itm_fn, k=2, rule="lavis")  # 1.0 + 0.7 > 0.0 + 0.9: column 1 wins
+    log_odds = itm_rerank(scores, itm_fn, k=2, rule="log_odds", temperature=0.05)  # 1 + 14 < 0 + 18
+    assert int(lavis.i2t.argmax()) == 1 and int(log_odds.i2t.argmax()) == 0
+    with pytest.raises(ValueError, match="rule"):
+        itm_rerank(scores, itm_fn, k=2, rule="sum")
+    with pytest.raises(ValueError, match="temperature"):
+        itm_rerank(scores, itm_fn, k=2, temperature=0.0)
 
 
 def test_itm_rerank_bad_logits_shape_raises():

@@ -228,3 +228,57 @@ def test_tiny_overfit_one_image():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
+
+
+def test_pooled_condition_feeds_the_mean_query_into_the_timestep_embedding(tmp_path):
+    torch.manual_seed(0)
+    gen = Generator(tiny(prediction_type="v_prediction", pooled_condition=True), query_dim=HQ).eval()
+    assert gen.unet.config.class_embed_type == "projection"
+    with torch.no_grad():  # a non-trivial pooled path
+        gen.unet.class_embedding.linear_2.weight.normal_()
+    x, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([5, 700]), torch.randn(2, Q, 32)
+    with torch.no_grad():
+        out = gen.unet_forward(x, t, cond, None)
+        # reference: the diffusers UNet called by hand, class labels = the mean over the queries
+        ref = gen.unet(x, t, encoder_hidden_states=cond, class_labels=cond.mean(1)).sample
+        # same queries in another order: cross-attention without positions and the mean are invariant
+        perm = gen.unet_forward(x, t, cond[:, torch.randperm(Q)], None)
+        # the pooled path matters: another mean, same cross-attention keys, different output
+        other = gen.unet(x, t, encoder_hidden_states=cond, class_labels=cond.mean(1) + 1).sample
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(perm, out, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(other, out)
+    gen.save_pretrained(tmp_path / "g")
+    back = Generator.from_pretrained(tmp_path / "g").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back.unet_forward(x, t, cond, None), out)
+    # a loaded UNet and the setting must agree, both ways
+    with pytest.raises(ValueError, match="pooled_condition"):
+        Generator(tiny(unet=str(tmp_path / "g")), query_dim=HQ)
+
+
+def test_pooled_condition_needs_a_unet_that_has_the_path(plain_dir):
+    with pytest.raises(ValueError, match="class_embed_type 'projection'"):
+        Generator(tiny(unet=str(plain_dir), pooled_condition=True), query_dim=HQ)
+
+
+def test_zero_terminal_snr_schedule_and_samplers():
+    with pytest.raises(ValueError, match="v_prediction"):
+        tiny(zero_terminal_snr=True)
+    torch.manual_seed(0)
+    gen = Generator(tiny(prediction_type="v_prediction", zero_terminal_snr=True), query_dim=HQ).eval()
+    ac = gen.scheduler.alphas_cumprod
+    assert float(ac[-1]) == 0.0 and float(ac[0]) > 0.99  # pure noise at t = T (Lin et al. 2024)
+    plain = Generator(tiny(prediction_type="v_prediction"), query_dim=HQ).scheduler.alphas_cumprod
+    assert float(plain[-1].sqrt()) == pytest.approx(0.068, abs=0.002)  # what SD's schedule leaves
+    q = torch.randn(2, Q, HQ)
+    for sampler in ("pndm", "dpmsolver++", "ddim"):
+        sch = gen.make_sampler(sampler)
+        sch.set_timesteps(10)
+        assert int(sch.timesteps[0]) == 999  # "trailing": sampling starts where training saw pure noise
+        img = gen.sample(q, sampler=sampler, steps=10, generator=torch.Generator().manual_seed(0), height=S, width=S)
+        assert torch.isfinite(img).all()
+    # PLMS gets the training betas (last alpha_bar lifted to 2^-24, as DPM-Solver does it)
+    pndm = gen.make_sampler("pndm")
+    torch.testing.assert_close(pndm.alphas_cumprod[:-1], ac[:-1].float(), rtol=1e-4, atol=1e-7)
+    assert float(pndm.alphas_cumprod[-1]) == pytest.approx(2.0**-24, rel=1e-3)

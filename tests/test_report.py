@@ -130,3 +130,28 @@ def test_report_cli(tmp_path, capsys):
     assert _line(out, "fashiongen/sample100/mean") == ["fashiongen/sample100/mean", "trained", "61.00"]
     lines = [line.split() for line in out.splitlines()]
     assert ["baseline", "2.00"] in lines and ["paper", "87.55"] in lines
+
+
+def test_demo_loss_summary_reads_the_stage_csv(tmp_path):
+    import math
+
+    from unifashion.demo.pipeline import loss_summary
+
+    log = tmp_path / "stage" / "logs" / "version_0"
+    log.mkdir(parents=True)
+    rows = ["step,train/loss_itm_step,train/loss_itc_step,train/loss_itc_epoch,train/loss_step,train/lr"]
+    itm = [0.70, 0.66, 0.64, 0.60, 0.50, 0.40, 0.30]
+    for i, v in enumerate(itm):
+        rows.append(f"{i},{v},{5 - i},,{v + 5 - i},0.1")
+    rows.append("7,,,2.0,")  # an epoch row: no step values
+    (log / "metrics.csv").write_text("\n".join(rows) + "\n")
+    out = loss_summary(tmp_path / "stage", "retrieval", window=2)
+    assert out["loss/retrieval/itm/first"] == pytest.approx(0.68)
+    assert out["loss/retrieval/itm/last"] == pytest.approx(0.35)
+    assert out["loss/retrieval/itc/first"] == pytest.approx(4.5)
+    assert out["loss/retrieval/itc/last"] == pytest.approx(-0.5)
+    assert out["loss/retrieval/total/last"] == pytest.approx(0.35 - 0.5)
+    # labels [1, 0, 0]: the entropy of a 1/3 - 2/3 coin
+    assert out["loss/retrieval/itm/prior"] == pytest.approx(-(math.log(1 / 3) + 2 * math.log(2 / 3)) / 3)
+    assert "loss/retrieval/itc/prior" not in out and not any("epoch" in k or "lr" in k for k in out)
+    assert loss_summary(tmp_path / "nothing", "x") == {}

@@ -140,6 +140,11 @@ class UniFashion:
         return self.module.generator
 
     @property
+    def temperature(self) -> float:
+        """The learned ITC temperature tau (eq. 3): similarities / tau are the ITC logits."""
+        return float(self.encoder.temp)
+
+    @property
     def capabilities(self) -> Capabilities:
         gen = self.generator
         return Capabilities(
@@ -275,18 +280,33 @@ class UniFashion:
         return self._fuse(images, texts, batch_size)[0]
 
     @_inference
+    def vision_features(self, images: Any, batch_size: int = 64) -> Tensor:
+        """Vision-encoder outputs of images, float (N, P, Hv): what ITM and the Q-Former cross-attend;
+        pass them to `match(vision=...)` to score many texts against the same images."""
+        return torch.cat([self.encoder.encode_vision(px) for px in self._batches(images, batch_size)])
+
+    @_inference
     def match(self, images: Any, texts: str | Sequence[str], image_index: Tensor | None = None,
-              logits: bool = False, batch_size: int = 64) -> Tensor:
+              output: Literal["probability", "logits"] = "probability", batch_size: int = 64,
+              vision: Tensor | None = None) -> Tensor:
         """Image-text matching (eq. 4) of each text with its image: float (B,), the probability of
-        "matches" (or its logit with `logits=True`, as ITM re-ranking adds it to the ITC score).
+        "matches"; with ``output="logits"`` the ITM head's logits float (B, 2) [no match, match], as
+        ITM re-ranking (`tasks.cmr.protocol.itm_rerank`) reads them.
 
         Args:
             images: one image per text; or, with `image_index`, distinct images (each through the
                 vision model once) and
             image_index: long (B,), the image of each text.
+            vision: instead of `images`, their `vision_features` (U, P, Hv) (`images` must be None).
         """
+        if output not in ("probability", "logits"):
+            raise ValueError(f"match: output must be 'probability' or 'logits', got {output!r}")
         texts = self._texts(texts)
-        vision = torch.cat([self.encoder.encode_vision(px) for px in self._batches(images, batch_size)])  # (U, P, Hv)
+        if (images is None) == (vision is None):
+            raise ValueError("match needs exactly one of images or vision")
+        if vision is None:
+            vision = torch.cat([self.encoder.encode_vision(px) for px in self._batches(images, batch_size)])  # (U, P, Hv)
+        vision = vision.to(self.device)
         index = torch.arange(len(texts)) if image_index is None else image_index.cpu()
         if index.numel() != len(texts) or (index.numel() and int(index.max()) >= vision.shape[0]):
             raise ValueError(f"match: {len(texts)} texts for {vision.shape[0]} images (image_index {tuple(index.shape)})")
@@ -295,8 +315,8 @@ class UniFashion:
             idx = index[start : start + batch_size].to(vision.device)
             tok = self.encoder.tokenize(texts[start : start + batch_size])
             lg = self.encoder.itm_logits(vision[idx], tok["input_ids"], tok["attention_mask"]).float()  # (b, 2)
-            out.append((lg[:, 1] if logits else lg.softmax(-1)[:, 1]).cpu())
-        return torch.cat(out) if out else torch.empty(0)
+            out.append((lg if output == "logits" else lg.softmax(-1)[:, 1]).cpu())
+        return torch.cat(out) if out else torch.empty(0, 2) if output == "logits" else torch.empty(0)
 
     # ------------------------------------------------------------------ captions
     @_inference

@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     ev.add_argument("--captions", default=None,
                     help="cir: folder of next_llava.{split}.{cat}.caption.json gallery captions (default: the "
                          "checkpoint's own captioner writes them from each gallery image alone)")
+    ev.add_argument("--fashion200k-captions", default=None,
+                    help="cir: fashion200k_captions.test.json (or its folder) of Fashion200K gallery captions "
+                         "(default: the checkpoint's captioner writes them)")
     ev.add_argument("--prefix", default="", help="prefix for the metric keys (e.g. baseline/)")
 
 
@@ -40,19 +43,31 @@ def evaluate(model, task: str, args, run_dir: Path) -> dict[str, float] | None:
                        num_negatives=args.num_negatives)
     if task == "cir":
         from unifashion.data.roots import dataset_root
-        from unifashion.tasks.cir.evaluate import run_cir
+        from unifashion.tasks.cir.evaluate import run_cir, run_cir_fashion200k
 
-        root = dataset_root(args.data, "fashioniq")
-        captions = args.captions
-        if captions is None and model.capabilities.caption:
-            from unifashion.tasks.cir.captions import write_fashioniq_captions
+        fiq, f200k = dataset_root(args.data, "fashioniq"), dataset_root(args.data, "fashion200k")
+        has_f200k = (f200k / "test_queries.txt").is_file()
+        out: dict[str, float] = {}
+        if not (has_f200k and fiq == f200k):  # not a Fashion200K root alone
+            captions = args.captions
+            if captions is None and model.capabilities.caption:
+                from unifashion.tasks.cir.captions import write_fashioniq_captions
 
-            captions = run_dir / "fashioniq_captions"
-            write_fashioniq_captions(model, root, captions, splits=("val",))  # gallery images alone
-        elif captions is None:
-            print("cir: no gallery captions (no captioner, no --captions): only the image term is scored")
-        return run_cir(model, root, captions, prefix=args.prefix, caption_weight=args.caption_weight,
-                       batch_size=args.batch_size)
+                captions = run_dir / "fashioniq_captions"
+                write_fashioniq_captions(model, fiq, captions, splits=("val",))  # gallery images alone
+            elif captions is None:
+                print("cir: no gallery captions (no captioner, no --captions): only the image term is scored")
+            out |= run_cir(model, fiq, captions, prefix=args.prefix, caption_weight=args.caption_weight,
+                           batch_size=args.batch_size)
+        if has_f200k:  # TIRG protocol, the gallery captioned by the model from each image alone
+            f200k_caps = args.fashion200k_captions
+            if f200k_caps is None and model.capabilities.caption:
+                from unifashion.tasks.cir.captions import write_fashion200k_captions
+
+                f200k_caps = write_fashion200k_captions(model, f200k, run_dir / "fashion200k_captions")
+            out |= run_cir_fashion200k(model, f200k, f200k_caps, prefix=args.prefix,
+                                       caption_weight=args.caption_weight, batch_size=args.batch_size)
+        return out
     if task == "fic":
         if not model.capabilities.caption:
             print("fic: skipped (this checkpoint has no captioner)")

@@ -9,7 +9,9 @@
 3. Evaluates the phase-1 model (``baseline/`` keys: the fusion untrained for composition), trains
    lightning_configs/tiny/phase2.yaml, evaluates again: the three rows (full / w/o cap / w/o img)
    per category and average, beside an image-only baseline (the reference image's own features)
-   and a text-only baseline (the modifying text alone) of the trained model.
+   and a text-only baseline (the modifying text alone) of the trained model; and, as the second
+   benchmark, Fashion200K's TIRG protocol zero-shot (trained on Fashion-IQ only), its test gallery
+   captioned by the same captioner from each image alone.
 4. Composed outputs from Z_R of the validation queries, checked against the sidecar attributes:
    the share of composed captions naming the target's changed attribute values and the share of
    composed images of the target's primary colour, beside the untrained model and the
@@ -138,6 +140,18 @@ def print_cir_table(metrics: dict[str, float]) -> None:
                       + "".join(f"{v:14.1f}" if v is not None else f"{'-':>14s}" for v in vals))
 
 
+def print_fashion200k_table(metrics: dict[str, float]) -> None:
+    """Fashion200K (TIRG protocol, zero-shot from the Fashion-IQ phase 2): three rows, trained vs untrained."""
+    print(f"{'Fashion200K test (synthetic, zero-shot)':40s}{'trained':>10s}{'untrained':>11s}")
+    for row in ROWS:
+        for k in ("R@1", "R@10", "R@50"):
+            key = f"{row}/fashion200k/{k}"
+            if key in metrics:
+                base = metrics.get(f"baseline/{key}")
+                print(f"{ROW_NAMES[row] + ' ' + k:40s}{metrics[key]:10.1f}"
+                      + (f"{base:11.1f}" if base is not None else f"{'-':>11s}"))
+
+
 def composed_stage(
     data: Path,
     run_dir: Path,
@@ -161,8 +175,8 @@ def composed_stage(
         outputs: also check the composed captions and images (generation; slower).
     """
     from unifashion.api import UniFashion
-    from unifashion.tasks.cir.captions import write_fashioniq_captions
-    from unifashion.tasks.cir.evaluate import run_cir
+    from unifashion.tasks.cir.captions import write_fashion200k_captions, write_fashioniq_captions
+    from unifashion.tasks.cir.evaluate import run_cir, run_cir_fashion200k
 
     data, run_dir = Path(data), Path(run_dir)
     for p in phase1_ckpts:
@@ -174,6 +188,10 @@ def composed_stage(
     captioner = UniFashion.from_checkpoint(phase1_ckpts[0], device="cpu", show_progress=False)
     timer.run("caption_fashioniq", lambda captioner=captioner: write_fashioniq_captions(
         captioner, data / "fashioniq", caption_dir, splits=("train", "val"), max_new_tokens=48))
+    f200k = data / "fashion200k"
+    if (f200k / "test_queries.txt").is_file():  # the second benchmark's gallery, each image alone
+        timer.run("caption_fashion200k", lambda captioner=captioner: write_fashion200k_captions(
+            captioner, f200k, caption_dir))
     del captioner
     pattern = str(caption_dir / "next_llava.{split}.{cat}.caption.json")
     args = ["--data.init_args.root", str(data / "fashioniq"), "--data.init_args.target_captions", pattern,
@@ -184,6 +202,9 @@ def composed_stage(
     metrics: dict[str, float] = {}
     metrics |= timer.run("eval_baseline_cir", lambda: run_cir(model, data / "fashioniq", caption_dir,
                                                               prefix="baseline/"))
+    if (f200k / "test_queries.txt").is_file():
+        metrics |= timer.run("eval_baseline_cir_fashion200k", lambda: run_cir_fashion200k(
+            model, f200k, caption_dir, prefix="baseline/"))
     if outputs:
         metrics |= timer.run("eval_baseline_cir_outputs",
                              lambda: {f"baseline/{k}": v for k, v in composed_outputs(model, data).items()})
@@ -191,9 +212,12 @@ def composed_stage(
     cli.model.eval()
     metrics |= timer.run("eval_cir", lambda: run_cir(model, data / "fashioniq", caption_dir,
                                                      modes=("composed", "image", "text")))
+    if (f200k / "test_queries.txt").is_file():
+        metrics |= timer.run("eval_cir_fashion200k", lambda: run_cir_fashion200k(model, f200k, caption_dir))
     if outputs:
         metrics |= timer.run("eval_cir_outputs", lambda: composed_outputs(model, data))
     print_cir_table(metrics)
+    print_fashion200k_table(metrics)
     for key in ("caption_names_change", "image_colour"):
         vals = [metrics.get(f"{p}cir_outputs/{s}{key}") for p, s in (("", ""), ("baseline/", ""), ("", "reference_only/"))]
         if vals[0] is not None:

@@ -3,7 +3,8 @@
 Stages (each timed into `<run dir>/metrics.json` as `time/<stage>_s`):
   data        write the `small` synthetic benchmark + tiny tokenizers (skipped when present)
   retrieval   build the tiny model from lightning_configs/tiny/phase1_retrieval.yaml, evaluate it
-              untrained (keys prefixed `baseline/`), train phase1_retrieval, evaluate again
+              untrained (keys prefixed `baseline/`), train phase1_retrieval, evaluate again (with
+              ITM re-ranking of the ITC top-8); the loss terms' first / last values (`loss/...`)
   captioning  phase1_captioning from the retrieval checkpoint; caption metrics vs untrained
   generation  phase1_image_generation from the retrieval checkpoint (latent diffusion on the tiny VAE);
               FID-proxy and colour accuracy vs untrained and vs the real images
@@ -33,6 +34,8 @@ STAGES = ("data", "retrieval", "captioning", "generation", "composed")
 FULL_STAGES = (*STAGES, "tryon", "design")
 """The stages of `make demo-full`."""
 ALL_STAGES = (*FULL_STAGES, "ablation")
+RERANK_K = 8
+"""ITM re-ranking of the ITC top-k in the retrieval stage's evaluation (rows `full_itm`, `full_itm_lavis`)."""
 LM_STEPS = 100
 """Pretraining steps of the tiny caption LLM written with the data (models/tiny_language_model.py)."""
 
@@ -71,6 +74,33 @@ class Timer:
         self.times[f"time/{stage}_s"] = round(time.perf_counter() - start, 2)
         print(f"=== {stage}: {self.times[f'time/{stage}_s']:.1f} s", flush=True)
         return out
+
+
+def loss_summary(stage_dir: Path, stage: str, window: int = 3) -> dict[str, float]:
+    """First and last logged value of every loss term of a stage's CSV log, ``loss/<stage>/<term>/first|last``
+    (means of the first and last `window` logged steps; term `total` is the weighted sum), and ``.../prior`` for the ITM terms (the loss
+    of a matcher that learned nothing, `losses.matching.ITM_PRIOR_LOSS`)."""
+    import csv
+
+    from unifashion.losses.matching import ITM_PRIOR_LOSS
+
+    logs = sorted(Path(stage_dir).rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return {}
+    with open(logs[-1], newline="") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, float] = {}
+    for column in rows[0] if rows else ():
+        if not (column.startswith("train/loss_") and column.endswith("_step")):
+            continue
+        term = column[len("train/loss_"): -len("_step")] or "total"  # train/loss_step: the weighted sum
+        values = [float(r[column]) for r in rows if r[column]]
+        if values:
+            out[f"loss/{stage}/{term}/first"] = sum(values[:window]) / len(values[:window])
+            out[f"loss/{stage}/{term}/last"] = sum(values[-window:]) / len(values[-window:])
+            if term.endswith("itm"):
+                out[f"loss/{stage}/{term}/prior"] = ITM_PRIOR_LOSS
+    return out
 
 
 def _keep_last(stage_dir: Path, out: Path) -> Path:
@@ -118,7 +148,8 @@ def run_demo(args) -> int:
         model = UniFashion(cli.model)  # the API on the module being trained (modes restored after each call)
         metrics |= timer.run("eval_baseline_cmr", lambda: run_cmr(model, data, prefix="baseline/"))
         timer.run("train_retrieval", lambda: cli.trainer.fit(cli.model, cli.datamodule))
-        metrics |= timer.run("eval_cmr", lambda: run_cmr(model, data))
+        metrics |= loss_summary(run_dir / "retrieval", "retrieval")
+        metrics |= timer.run("eval_cmr", lambda: run_cmr(model, data, rerank_k=RERANK_K))
         shutil.copyfile(cli.trainer.checkpoint_callback.last_model_path, retrieval_ckpt)
         print(f"retrieval checkpoint: {retrieval_ckpt}")
         update_metrics_json(metrics_path, metrics | timer.times)
@@ -142,6 +173,7 @@ def run_demo(args) -> int:
 
         phase1 = [run_dir / "captioning.ckpt", run_dir / "generation.ckpt"]
         metrics |= composed_stage(data, run_dir, phase1, timer, build_cli, _config)
+        metrics |= loss_summary(run_dir / "composed", "composed")
         _keep_last(run_dir / "composed", run_dir / "composed.ckpt")
         update_metrics_json(metrics_path, metrics | timer.times)
 

@@ -9,6 +9,7 @@ is the cross-entropy of the encoder's ITM logits (the ITM head averaged over que
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -18,6 +19,10 @@ from torch import nn
 
 from unifashion.losses import distributed
 from unifashion.losses.contrastive import positive_mask
+
+ITM_PRIOR_LOSS = -(math.log(1 / 3) / 3 + 2 * math.log(2 / 3) / 3)
+"""Cross-entropy (0.6365) of a matcher that ignores its inputs on the [1, 0, 0] label mix: the loss an
+ITM head starts from and stays at while it learns nothing."""
 
 ItmLogitsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(vision_embeds (N, P, Hv), input_ids (N, L), attention_mask (N, L)) -> logits (N, 2)."""

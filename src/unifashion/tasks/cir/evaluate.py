@@ -135,27 +135,42 @@ def run_cir(
 def run_cir_fashion200k(
     model: UniFashion,
     root: str | Path,
-    gallery_captions: dict[str, str] | None = None,
+    captions: str | Path | dict[str, str] | None = None,
     *,
     caption_weight: float = 1.0,
     prefix: str = "",
     batch_size: int = 64,
 ) -> dict[str, float]:
-    """Fashion200K composed retrieval (TIRG protocol, ``cir/fashion200k/R@k``).
+    """Fashion200K composed retrieval (TIRG protocol): ``<row>/fashion200k/R@{1,10,50}``.
+
+    Gallery = every test image (Z_T once each), queries = TIRG's ``test_queries.txt`` with their
+    "replace X with Y" texts (e_cls); a hit is a gallery image whose caption equals the target's,
+    the query image excluded (`protocol.fashion200k_protocol`).
 
     Args:
         root: the Fashion200K root (labels/, women/, test_queries.txt).
-        gallery_captions: test image path -> generated caption (for the caption term), or None.
+        captions: the gallery's generated captions for the caption term: a file written by
+            `captions.write_fashion200k_captions` (or its folder), or image path -> caption; None:
+            only the image term (row ``cir_nocap``).
     """
     from unifashion.data.fashion200k import Fashion200KDataModule
+    from unifashion.tasks.cir.captions import FASHION200K_CAPTIONS_FILE
 
     dm = Fashion200KDataModule(root=str(root), batch_size=batch_size, image_size=model.encoder.config.image_size)
     entries = dm.entries("test")
     paths = [dm.root_dir / e.path for e in entries]
     feats = encode_gallery(model, dm, paths, batch_size)
     cap_feats = None
-    if gallery_captions is not None:
-        cap_feats = model.embed_texts([gallery_captions[e.path] for e in entries])
+    if captions is not None:
+        if not isinstance(captions, dict):
+            file = Path(captions)
+            file = file / FASHION200K_CAPTIONS_FILE.format(split="test") if file.is_dir() else file
+            captions = read_caption_file(file)
+        lacking = [e.path for e in entries if e.path not in captions]
+        if lacking:
+            raise ValueError(f"{len(lacking)} Fashion200K test images have no generated caption "
+                             f"(e.g. {lacking[:3]}); caption the whole test split")
+        cap_feats = model.embed_texts([captions[e.path] for e in entries])
     gallery = CirGallery([e.path for e in entries], feats, cap_feats, captions=[e.caption for e in entries])
     qs = dm.test_queries().queries
     q = encode_queries(model, dm, [dm.root_dir / x.source for x in qs], [x.text for x in qs], "composed", batch_size)

@@ -14,7 +14,8 @@ protocols take the resulting (N_img, M_txt) score matrix:
 - :func:`sample100_protocol` (FashionViL ``r@k_kaleido``): 1,000 sampled queries, each ranked inside
   a 101-item gallery (1 positive + 100 same-sub-category negatives), 5 seeded repeats.
 - :func:`block100_protocol` (UniFashion's own "C" mode): consecutive blocks of 100 pairs.
-- :func:`itm_rerank`: LAVIS-style re-ranking of the ITC top-k by ITM logit + ITC similarity.
+- :func:`itm_rerank`: re-ranking of the ITC top-k by ITM and ITC together: by default ITM log-odds +
+  ITC logit (similarity / temperature), or LAVIS's ITM "match" logit + ITC similarity.
 
 Ties: a gallery item of another product whose score equals the best positive's score is counted
 as ranked *before* it (pessimistic), so a constant-score model gets no free hits.
@@ -29,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -394,34 +395,36 @@ class RerankedScores(NamedTuple):
     """Score matrices after ITM re-ranking, one per direction."""
 
     i2t: Tensor
-    """float (N, M): each image's top-k texts scored ITM logit + ITC; the rest keep ITC order below."""
+    """float (N, M): each image's top-k texts re-scored (ITM + ITC); the rest keep ITC order below."""
     t2i: Tensor
-    """float (N, M): each text's top-k images scored ITM logit + ITC; the rest keep ITC order below."""
+    """float (N, M): each text's top-k images re-scored (ITM + ITC); the rest keep ITC order below."""
 
 
 ItmFn = Callable[[Tensor, Tensor], Tensor]
+RerankRule = Literal["log_odds", "lavis"]
 
 
-def _itm_logits(itm_fn: ItmFn, image_idx: Tensor, text_idx: Tensor, batch_size: int) -> Tensor:
-    logits = []
+def _itm_scores(itm_fn: ItmFn, image_idx: Tensor, text_idx: Tensor, batch_size: int, rule: RerankRule) -> Tensor:
+    scores = []
     for start in range(0, image_idx.numel(), batch_size):
         i, t = image_idx[start : start + batch_size], text_idx[start : start + batch_size]
         out = torch.as_tensor(itm_fn(i, t)).detach().float().cpu()
         if out.dim() == 2 and out.shape[1] == 2:
-            out = out[:, 1]  # (P,) logit of the "match" class
+            # (P, 2) [no-match, match] logits -> log-odds of "match", or (LAVIS) the match logit alone
+            out = out[:, 1] - out[:, 0] if rule == "log_odds" else out[:, 1]
         if out.shape != (i.numel(),):
             raise ValueError(
                 f"itm_fn must return (P,) or (P, 2) logits for P={i.numel()} pairs, got {tuple(out.shape)}"
             )
-        logits.append(out)
-    return torch.cat(logits)
+        scores.append(out)
+    return torch.cat(scores)
 
 
-def _rerank_rows(scores: Tensor, k: int, logits_of: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """Re-rank the top-k columns of each row by logit + score; the others keep their order below."""
+def _rerank_rows(scores: Tensor, k: int, itm_of: Callable[[Tensor, Tensor], Tensor], itc_scale: float) -> Tensor:
+    """Re-rank the top-k columns of each row by ITM + itc_scale x ITC; the others keep their order below."""
     values, cols = scores.topk(k, dim=1)  # (R, k)
     rows = torch.arange(scores.shape[0])[:, None].expand_as(cols)  # (R, k)
-    new = logits_of(rows.reshape(-1), cols.reshape(-1)).view_as(values) + values  # (R, k)
+    new = itm_of(rows.reshape(-1), cols.reshape(-1)).view_as(values) + itc_scale * values  # (R, k)
     shift = scores.max() - new.min() + 1.0
     out = scores - shift  # every non-candidate below every candidate
     out.scatter_(1, cols, new)
@@ -433,20 +436,33 @@ def itm_rerank(
     itm_fn: ItmFn,
     k: int = 128,
     batch_size: int = 1024,
+    *,
+    rule: RerankRule = "log_odds",
+    temperature: float | None = None,
 ) -> RerankedScores:
-    """LAVIS-style re-ranking: ITC top-k candidates re-scored by ITM logit + ITC similarity.
+    """Re-ranking of the ITC top-k candidates by ITM and ITC together.
 
-    For each image the ``k`` best texts by ITC (and for each text the ``k`` best images) get the new
-    score ``itm_fn(i, j) + scores[i, j]``; every other pair keeps its ITC order but is shifted below
-    all candidates (LAVIS fills them with -100; keeping the ITC order makes R@k > k well defined).
+    For each image the ``k`` best texts by ITC (and for each text the ``k`` best images) get a new
+    score; every other pair keeps its ITC order but is shifted below all candidates (LAVIS fills them
+    with -100; keeping the ITC order makes R@k > k well defined). The new score:
+
+    - ``rule="log_odds"`` (default): ``log p_itm(match) - log p_itm(no match) + s_ij / temperature``,
+      the sum of the two heads' log-scores on the scale each was trained on: the ITM cross-entropy
+      (eq. 4) trains the log-odds, the ITC softmax (eq. 3) the logits s / tau. With ``temperature``
+      None the similarity is added unscaled.
+    - ``rule="lavis"``: ``itm_match_logit + s_ij`` (LAVIS ``compute_sim_matrix``: the raw "match" logit
+      plus the raw similarity). It presumes an ITM head whose logits dwarf the similarity gaps of the
+      top-k; a weak ITM head then decides the order alone (measured on the demo, bench/RESULTS.md).
 
     Args:
         scores: float (N_img, M_txt) ITC similarities.
-        itm_fn: ``itm_fn(image_indices long (P,), text_indices long (P,)) -> logits`` of shape (P,) or
-            (P, 2) (then column 1, the "match" logit, is used); called in batches of ``batch_size``
-            pairs. Indices refer to the rows/columns of ``scores``.
+        itm_fn: ``itm_fn(image_indices long (P,), text_indices long (P,)) -> logits`` of shape (P, 2)
+            ([no match, match]) or (P,) (then used as the ITM score as it is); called in batches of
+            ``batch_size`` pairs. Indices refer to the rows/columns of ``scores``.
         k: candidates per query (clamped to the gallery size).
         batch_size: pairs per ``itm_fn`` call.
+        rule: "log_odds" or "lavis" (above).
+        temperature: the ITC temperature tau of ``log_odds`` (the encoder's learned ``temp``).
 
     Returns:
         :class:`RerankedScores`; pass ``i2t`` as ``scores`` and ``t2i`` as ``t2i_scores`` to
@@ -455,9 +471,14 @@ def itm_rerank(
     scores = _check_scores(scores).float().cpu()
     if k < 1 or batch_size < 1:
         raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}")
+    if rule not in ("log_odds", "lavis"):
+        raise ValueError(f"unknown re-ranking rule {rule!r}; expected 'log_odds' or 'lavis'")
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    itc_scale = 1.0 / temperature if rule == "log_odds" and temperature is not None else 1.0
     n, m = scores.shape
-    i2t = _rerank_rows(scores, min(k, m), lambda i, t: _itm_logits(itm_fn, i, t, batch_size))
-    t2i = _rerank_rows(scores.t(), min(k, n), lambda t, i: _itm_logits(itm_fn, i, t, batch_size)).t()
+    i2t = _rerank_rows(scores, min(k, m), lambda i, t: _itm_scores(itm_fn, i, t, batch_size, rule), itc_scale)
+    t2i = _rerank_rows(scores.t(), min(k, n), lambda t, i: _itm_scores(itm_fn, i, t, batch_size, rule), itc_scale).t()
     return RerankedScores(i2t, t2i.contiguous())
 
 
