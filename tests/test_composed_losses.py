@@ -63,3 +63,30 @@ def test_ids_from_strings_are_stable_and_distinct():
     a = ids_from_strings(["B00ABC", "B00XYZ", "B00ABC"])
     assert a[0] == a[2] and a[0] != a[1]
     assert torch.equal(a, ids_from_strings(["B00ABC", "B00XYZ", "B00ABC"]))
+
+
+def test_composed_itm_random_negatives_are_uniform_over_other_targets():
+    drawn = []
+
+    def itm_logits(vision, ids, mask):
+        drawn.append(int(vision[3, 0, 0]))  # batch [3 positives, 3 negative targets, ...]: text 0's negative
+        return torch.zeros(vision.shape[0], 2)
+
+    # the composed similarities make target 2 the hardest negative of text 0 by far
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    gal = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[0.99, 0.14]]])
+    itc = ComposedItcLoss().compute(q, gal, 0.01, torch.tensor([1, 2, 3]))
+    vision = torch.arange(3.0).view(3, 1, 1).expand(3, 1, 4)
+    ids, mask = torch.tensor([[10], [11], [12]]), torch.ones(3, 1, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    for hard in (True, False):
+        drawn.clear()
+        for _ in range(400):
+            ComposedItmLoss().composed(itm_logits, vision, ids, mask, itc, torch.tensor([1, 2, 3]), generator=g,
+                                       hard_negatives=hard)
+        share = drawn.count(2) / len(drawn)
+        assert 0 not in drawn  # never the text's own target
+        if hard:
+            assert share > 0.99
+        else:
+            assert abs(share - 0.5) < 4 * (0.25 / 400) ** 0.5  # uniform over targets 1 and 2

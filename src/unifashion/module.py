@@ -13,7 +13,7 @@ import pickle
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -56,6 +56,9 @@ class UniFashionModule(L.LightningModule):
             trained from scratch (tiny configs) so that only ITC shapes it. Measured on the tiny
             retrieval config with ITM weight 10: True lowers ITC full-protocol R@1 from 46.0 / 52.4 to
             39.4 / 43.3, False keeps 44.0 / 48.1 (bench/RESULTS.md).
+        cir_itm_negatives: the negatives of the composed ITM (eq. 10, third term): "hard" (drawn from
+            the composed ITC similarities, as phase 1's ITM and LAVIS) or "random" (uniform over the
+            batch's other targets).
         init_from: a checkpoint of an earlier phase whose weights are loaded before training
             (e.g. the phase1_retrieval checkpoint for phase1_generative).
         save_trainable_only: checkpoints keep only trained parameters and the parameters of
@@ -80,6 +83,7 @@ class UniFashionModule(L.LightningModule):
         label_smoothing: float = 0.1,
         itm_max_pairs: int | None = None,
         itm_trains_vision: bool = True,
+        cir_itm_negatives: Literal["hard", "random"] = "hard",
         init_from: str | None = None,
         save_trainable_only: bool = True,
         query_cache_size: int = 0,
@@ -120,6 +124,9 @@ class UniFashionModule(L.LightningModule):
         self.itc_loss = ItcLoss(label_smoothing=label_smoothing)
         self.itm_loss = ItmLoss(max_pairs=itm_max_pairs)
         self.itm_trains_vision = itm_trains_vision
+        if cir_itm_negatives not in ("hard", "random"):
+            raise ValueError(f"cir_itm_negatives must be 'hard' or 'random', got {cir_itm_negatives!r}")
+        self.cir_itm_negatives = cir_itm_negatives
         if init_from:
             self.load_weights(init_from)
         self.trainable_counts = apply_freeze_policy(
@@ -303,7 +310,7 @@ class UniFashionModule(L.LightningModule):
             if "cir_itm" in need:  # eq. 10, third term
                 terms.update(ComposedItmLoss(self.itm_loss.max_pairs).composed(
                     enc, target.vision_embeds, batch["input_ids"], batch["attention_mask"], itc_img, target_ids,
-                    pad_token_id=enc.tokenizer.pad_token_id or 0,
+                    pad_token_id=enc.tokenizer.pad_token_id or 0, hard_negatives=self.cir_itm_negatives == "hard",
                 ))
         if "cir_itc_cap" in need:  # eq. 10, second term
             caption = enc.tokenize(list(batch["target_caption"]))

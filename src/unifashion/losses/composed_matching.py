@@ -34,6 +34,7 @@ class ComposedItmLoss(ItmLoss):
         target_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         pad_token_id: int = 0,
+        hard_negatives: bool = True,
     ) -> dict[str, torch.Tensor]:
         """{"cir_itm": loss}.
 
@@ -45,14 +46,19 @@ class ComposedItmLoss(ItmLoss):
             target_ids: (B,) long target ids.
             generator: optional generator of the negative draws.
             pad_token_id: pad id for gathered token sequences.
+            hard_negatives: draw the negatives from the composed ITC similarities (False: uniformly
+                among the batch's other targets, all similarities taken as equal).
         """
+        sim_g2q, sim_q2g = itc.sim_g2q.detach(), itc.sim_q2g.detach()  # (B, W*B)
+        if not hard_negatives:
+            sim_g2q, sim_q2g = torch.zeros_like(sim_g2q), torch.zeros_like(sim_q2g)
         loss = self(
             matcher,
             target_vision_embeds,
             input_ids,
             attention_mask,
-            sim_i2t=itc.sim_g2q.detach(),  # (B, W*B) local targets vs all texts
-            sim_t2i=itc.sim_q2g.detach(),  # (B, W*B) local texts vs all targets
+            sim_i2t=sim_g2q,  # (B, W*B) local targets vs all texts
+            sim_t2i=sim_q2g,  # (B, W*B) local texts vs all targets
             product_ids=target_ids,
             generator=generator,
             pad_token_id=pad_token_id,
