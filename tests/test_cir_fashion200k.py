@@ -8,16 +8,13 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_captioning_model
 
-from unifashion.api import UniFashion
 from unifashion.data.fashion200k import Fashion200KDataModule
 from unifashion.data.fashioniq import read_caption_file
 from unifashion.data.files import load_image
 from unifashion.data.synthetic.fashion200k import Fashion200KSpec, write_fashion200k
-from unifashion.models.captioner import CaptionerConfig
-from unifashion.models.encoder import EncoderConfig
 from unifashion.models.tokenizers import train_bpe_tokenizer, train_wordpiece_tokenizer
-from unifashion.module import UniFashionModule
 from unifashion.tasks.cir.captions import write_fashion200k_captions
 from unifashion.tasks.cir.evaluate import run_cir_fashion200k
 
@@ -36,14 +33,7 @@ def f200k(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(f200k):
-    torch.manual_seed(0)
-    module = UniFashionModule(
-        EncoderConfig.tiny(str(f200k / "tok_q")),
-        CaptionerConfig(llm=None, tokenizer=str(f200k / "tok_llm"), hidden_size=32, num_layers=1, num_heads=2,
-                        intermediate_size=64, lora_rank=4, lora_alpha=8),
-        phase="phase1_captioning",
-    )
-    return UniFashion(module.eval(), show_progress=False)
+    return tiny_captioning_model(f200k / "tok_q", f200k / "tok_llm")
 
 
 def test_fashion200k_cir_against_a_naive_loop(model, f200k, tmp_path, monkeypatch):

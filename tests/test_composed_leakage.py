@@ -7,15 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from tiny import tiny_captioning_model
 
-from unifashion.api import UniFashion
 from unifashion.data.fashioniq import FashionIQDataModule, read_caption_file
 from unifashion.data.synthetic.fashioniq import FashionIQSpec, write_fashioniq
-from unifashion.models.captioner import CaptionerConfig
-from unifashion.models.encoder import EncoderConfig
 from unifashion.models.tokenizers import train_bpe_tokenizer, train_wordpiece_tokenizer
-from unifashion.module import UniFashionModule
 from unifashion.tasks.cir.captions import write_fashioniq_captions
 
 CONFIGS = Path(__file__).resolve().parents[1] / "lightning_configs"
@@ -34,14 +30,7 @@ def fiq(tmp_path_factory):
 
 
 def _captioning_model(fiq):
-    torch.manual_seed(0)
-    module = UniFashionModule(
-        EncoderConfig.tiny(str(fiq / "tok_q")),
-        CaptionerConfig(llm=None, tokenizer=str(fiq / "tok_llm"), hidden_size=32, num_layers=1, num_heads=2,
-                        intermediate_size=64, lora_rank=4, lora_alpha=8),
-        phase="phase1_captioning",
-    )
-    return UniFashion(module.eval(), show_progress=False)
+    return tiny_captioning_model(fiq / "tok_q", fiq / "tok_llm")
 
 
 def test_gallery_captions_never_see_query_text(fiq, tmp_path, monkeypatch):

@@ -16,3 +16,22 @@ def tiny_encoder_config(tokenizer_dir: Path, **overrides) -> EncoderConfig:
         embed_dim=16, max_text_length=16, freeze_vision=False,
     )
     return EncoderConfig(**(fields | overrides))
+
+
+def tiny_captioning_model(qformer_tokenizer: Path, llm_tokenizer: Path):
+    """A seeded, randomly initialised phase1_captioning model (tiny encoder, 1-layer LLM + LoRA) behind the
+    `UniFashion` API, in eval mode."""
+    import torch
+
+    from unifashion.api import UniFashion
+    from unifashion.models.captioner import CaptionerConfig
+    from unifashion.module import UniFashionModule
+
+    torch.manual_seed(0)
+    module = UniFashionModule(
+        EncoderConfig.tiny(str(qformer_tokenizer)),
+        CaptionerConfig(llm=None, tokenizer=str(llm_tokenizer), hidden_size=32, num_layers=1, num_heads=2,
+                        intermediate_size=64, lora_rank=4, lora_alpha=8),
+        phase="phase1_captioning",
+    )
+    return UniFashion(module.eval(), show_progress=False)

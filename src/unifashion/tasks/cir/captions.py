@@ -14,7 +14,7 @@ The written file is the released format: ``[{"image": ASIN, "caption": str, "tex
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from unifashion.api import UniFashion
@@ -38,6 +38,37 @@ def images_to_caption(dm: FashionIQDataModule, category: str, split: str, target
     return list(dm.image_ids(category, split))
 
 
+def caption_each(
+    model: UniFashion,
+    keys: Sequence[str],
+    pixels_of: Callable[[str], object],
+    style: str,
+    batch_size: int = 32,
+    num_beams: int = 1,
+    max_new_tokens: int = 48,
+    repetition_penalty: float = 1.0,
+) -> dict[str, str]:
+    """key -> caption of the image `pixels_of(key)`, each from its own pixels only (`UniFashion.caption`).
+
+    Args:
+        model: a model with a captioner.
+        keys: the images to caption (duplicates are captioned once, first-seen order kept).
+        pixels_of: key -> the image as the encoder sees it (the data module's evaluation transform).
+        style: caption style ("fashioniq", "fashion200k", "fashiongen").
+        batch_size, num_beams, max_new_tokens, repetition_penalty: generation settings.
+    """
+    model._require("caption")
+    captions: dict[str, str] = {}
+    keys = list(dict.fromkeys(keys))
+    for start in range(0, len(keys), batch_size):
+        chunk = keys[start : start + batch_size]
+        texts = model.caption([pixels_of(k) for k in chunk], style=style, num_beams=num_beams,
+                              max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+                              batch_size=batch_size)
+        captions.update(zip(chunk, texts))
+    return captions
+
+
 def caption_images(
     model: UniFashion,
     dm: FashionIQDataModule,
@@ -55,16 +86,8 @@ def caption_images(
         asins: the images to caption.
         batch_size, num_beams, max_new_tokens, repetition_penalty: generation settings.
     """
-    model._require("caption")
-    captions: dict[str, str] = {}
-    asins = list(dict.fromkeys(asins))
-    for start in range(0, len(asins), batch_size):
-        chunk = asins[start : start + batch_size]
-        pixels = [dm.eval_transform(_load(dm, a)) for a in chunk]
-        texts = model.caption(pixels, style=STYLE, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                              repetition_penalty=repetition_penalty, batch_size=batch_size)
-        captions.update(zip(chunk, texts))
-    return captions
+    return caption_each(model, asins, lambda a: dm.eval_transform(_load(dm, a)), STYLE, batch_size=batch_size,
+                        num_beams=num_beams, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
 
 
 def _load(dm: FashionIQDataModule, asin: str):
@@ -142,13 +165,8 @@ def write_fashion200k_captions(
     from unifashion.data.fashion200k import Fashion200KDataModule
     from unifashion.data.files import load_image
 
-    model._require("caption")
     dm = Fashion200KDataModule(root=str(root), image_size=model.encoder.config.image_size)
-    paths = list(dict.fromkeys(e.path for e in dm.entries(split)))
-    captions: dict[str, str] = {}
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        pixels = [dm.eval_transform(load_image(dm.root_dir / p)) for p in chunk]
-        captions.update(zip(chunk, model.caption(pixels, style="fashion200k", num_beams=num_beams,
-                                                 max_new_tokens=max_new_tokens, batch_size=batch_size)))
+    captions = caption_each(model, [e.path for e in dm.entries(split)],
+                            lambda p: dm.eval_transform(load_image(dm.root_dir / p)), "fashion200k",
+                            batch_size=batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens)
     return write_caption_file(captions, Path(out_dir) / FASHION200K_CAPTIONS_FILE.format(split=split))
