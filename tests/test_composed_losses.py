@@ -79,14 +79,44 @@ def test_composed_itm_random_negatives_are_uniform_over_other_targets():
     vision = torch.arange(3.0).view(3, 1, 1).expand(3, 1, 4)
     ids, mask = torch.tensor([[10], [11], [12]]), torch.ones(3, 1, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
-    for hard in (True, False):
+    for mode in ("hard", "random"):
         drawn.clear()
         for _ in range(400):
             ComposedItmLoss().composed(itm_logits, vision, ids, mask, itc, torch.tensor([1, 2, 3]), generator=g,
-                                       hard_negatives=hard)
+                                       negatives=mode)
         share = drawn.count(2) / len(drawn)
         assert 0 not in drawn  # never the text's own target
-        if hard:
+        if mode == "hard":
             assert share > 0.99
         else:
             assert abs(share - 0.5) < 4 * (0.25 / 400) ** 0.5  # uniform over targets 1 and 2
+
+
+def test_composed_itm_reference_negatives_pair_each_text_with_its_own_reference():
+    calls = []
+
+    def itm_logits(vision, ids, mask):
+        calls.append((vision.clone(), ids.clone()))
+        return torch.stack([torch.zeros(vision.shape[0]), vision[:, 0, 0]], dim=1)  # match logit = image value
+
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    itc = ComposedItcLoss().compute(q, q[:, None], 0.1, torch.tensor([1, 2, 3]))
+    target = torch.tensor([2.0, 3.0, 4.0]).view(3, 1, 1).expand(3, 2, 4)  # target i is filled with 2 + i
+    reference = -torch.tensor([2.0, 3.0, 4.0]).view(3, 1, 1).expand(3, 2, 4)  # its reference with -(2 + i)
+    ids, mask = torch.tensor([[10], [11], [12]]), torch.ones(3, 1, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    loss = ComposedItmLoss().composed(itm_logits, target, ids, mask, itc, torch.tensor([1, 2, 3]), generator=g,
+                                      negatives="reference", reference_vision_embeds=reference)["cir_itm"]
+    v, t = calls[0]
+    assert torch.equal(v[:3], target) and torch.equal(v[3:6], reference) and torch.equal(v[6:], target)
+    assert torch.equal(t[:6, 0], torch.cat([ids[:, 0], ids[:, 0]]))  # positives and (t, its reference)
+    assert (t[6:, 0] != ids[:, 0]).all()  # the negative text of a target is another text
+    # hand-computed cross-entropy: logits (0, x) with labels 1 on the positives and 0 on the negatives
+    x = v[:, 0, 0]
+    labels = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 0])
+    expected = torch.where(labels == 1, torch.nn.functional.softplus(-x), torch.nn.functional.softplus(x)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="reference_vision_embeds"):
+        ComposedItmLoss().composed(itm_logits, target, ids, mask, itc, torch.tensor([1, 2, 3]), negatives="reference")
+    with pytest.raises(ValueError, match="'hard', 'random' or 'reference'"):
+        ComposedItmLoss().composed(itm_logits, target, ids, mask, itc, negatives="nearest")

@@ -13,7 +13,7 @@ import pickle
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -24,7 +24,7 @@ from unifashion.data.batch import PAIRS, TRIPLETS, TRYON
 from unifashion.data.transforms import denormalize
 from unifashion.losses import distributed
 from unifashion.losses.composed_contrastive import ComposedItcLoss, ids_from_strings
-from unifashion.losses.composed_matching import ComposedItmLoss
+from unifashion.losses.composed_matching import ComposedItmLoss, ComposedNegatives
 from unifashion.losses.contrastive import ItcLoss
 from unifashion.losses.matching import ItmLoss
 from unifashion.models.captioner import Captioner, CaptionerConfig
@@ -57,8 +57,9 @@ class UniFashionModule(L.LightningModule):
             retrieval config with ITM weight 10: True lowers ITC full-protocol R@1 from 46.0 / 52.4 to
             39.4 / 43.3, False keeps 44.0 / 48.1 (bench/RESULTS.md).
         cir_itm_negatives: the negatives of the composed ITM (eq. 10, third term): "hard" (drawn from
-            the composed ITC similarities, as phase 1's ITM and LAVIS) or "random" (uniform over the
-            batch's other targets).
+            the composed ITC similarities, as phase 1's ITM and LAVIS), "random" (uniform over the
+            batch's other targets and texts) or "reference" (the text's own reference image, which does
+            not show what the text asks for, and a uniform other text): losses/composed_matching.py.
         init_from: a checkpoint of an earlier phase whose weights are loaded before training
             (e.g. the phase1_retrieval checkpoint for phase1_generative).
         save_trainable_only: checkpoints keep only trained parameters and the parameters of
@@ -83,7 +84,7 @@ class UniFashionModule(L.LightningModule):
         label_smoothing: float = 0.1,
         itm_max_pairs: int | None = None,
         itm_trains_vision: bool = True,
-        cir_itm_negatives: Literal["hard", "random"] = "hard",
+        cir_itm_negatives: ComposedNegatives = "hard",
         init_from: str | None = None,
         save_trainable_only: bool = True,
         query_cache_size: int = 0,
@@ -124,8 +125,8 @@ class UniFashionModule(L.LightningModule):
         self.itc_loss = ItcLoss(label_smoothing=label_smoothing)
         self.itm_loss = ItmLoss(max_pairs=itm_max_pairs)
         self.itm_trains_vision = itm_trains_vision
-        if cir_itm_negatives not in ("hard", "random"):
-            raise ValueError(f"cir_itm_negatives must be 'hard' or 'random', got {cir_itm_negatives!r}")
+        if cir_itm_negatives not in ("hard", "random", "reference"):
+            raise ValueError(f"cir_itm_negatives must be 'hard', 'random' or 'reference', got {cir_itm_negatives!r}")
         self.cir_itm_negatives = cir_itm_negatives
         if init_from:
             self.load_weights(init_from)
@@ -310,7 +311,8 @@ class UniFashionModule(L.LightningModule):
             if "cir_itm" in need:  # eq. 10, third term
                 terms.update(ComposedItmLoss(self.itm_loss.max_pairs).composed(
                     enc, target.vision_embeds, batch["input_ids"], batch["attention_mask"], itc_img, target_ids,
-                    pad_token_id=enc.tokenizer.pad_token_id or 0, hard_negatives=self.cir_itm_negatives == "hard",
+                    pad_token_id=enc.tokenizer.pad_token_id or 0, negatives=self.cir_itm_negatives,
+                    reference_vision_embeds=reference,
                 ))
         if "cir_itc_cap" in need:  # eq. 10, second term
             caption = enc.tokenize(list(batch["target_caption"]))

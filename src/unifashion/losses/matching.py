@@ -136,17 +136,38 @@ class ItmLoss(nn.Module):
         ids_local = F.pad(input_ids, (0, length - input_ids.shape[1]), value=pad_token_id)  # (B, L')
         mask_local = F.pad(attention_mask, (0, length - attention_mask.shape[1]), value=0)  # (B, L')
 
+        return {"itm": self.triples(itm_logits, vision_embeds, vision_neg, ids_local, mask_local, ids_neg, mask_neg)}
+
+    def triples(
+        self,
+        itm_logits: ItmLogitsFn,
+        vision: torch.Tensor,
+        vision_neg: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        ids_neg: torch.Tensor,
+        mask_neg: torch.Tensor,
+    ) -> torch.Tensor:
+        """Cross-entropy of eq. 4 on [(image, text), (negative image, text), (image, negative text)], labels
+        [1, 0, 0]; the first `max_pairs` triples only, when set.
+
+        Args:
+            itm_logits: (vision_embeds, input_ids, attention_mask) -> (N, 2) logits.
+            vision, vision_neg: (B, P, Hv) the images and their negative images.
+            ids, mask: (B, L) the texts; ids_neg, mask_neg: (B, L) their negative texts (same length L).
+        """
+        batch = vision.shape[0]
         if self.max_pairs is not None and self.max_pairs < batch:
             n = self.max_pairs
-            vision_embeds, vision_neg = vision_embeds[:n], vision_neg[:n]  # (n, P, Hv)
-            ids_local, mask_local, ids_neg, mask_neg = ids_local[:n], mask_local[:n], ids_neg[:n], mask_neg[:n]
+            vision, vision_neg = vision[:n], vision_neg[:n]  # (n, P, Hv)
+            ids, mask, ids_neg, mask_neg = ids[:n], mask[:n], ids_neg[:n], mask_neg[:n]
             batch = n
         # eq. 4: [pos, pos, neg-text] texts x [img, neg-img, img] images, labels [1, 0, 0]
-        vision_batch = torch.cat([vision_embeds, vision_neg, vision_embeds], dim=0)  # (3B, P, Hv)
-        ids_batch = torch.cat([ids_local, ids_local, ids_neg], dim=0)  # (3B, L')
-        mask_batch = torch.cat([mask_local, mask_local, mask_neg], dim=0)  # (3B, L')
+        vision_batch = torch.cat([vision, vision_neg, vision], dim=0)  # (3B, P, Hv)
+        ids_batch = torch.cat([ids, ids, ids_neg], dim=0)  # (3B, L)
+        mask_batch = torch.cat([mask, mask, mask_neg], dim=0)  # (3B, L)
         logits = itm_logits(vision_batch, ids_batch, mask_batch)  # (3B, 2)
         labels = torch.cat(
             [torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)]
         ).to(logits.device)  # (3B,)
-        return {"itm": F.cross_entropy(logits, labels)}
+        return F.cross_entropy(logits, labels)
