@@ -35,8 +35,10 @@ def _conditions(b: int, h: int, w: int, seed: int = 0) -> dict:
 
 @pytest.mark.parametrize("cfg", [latent_cfg(variant="tryon", controlnet_copy=True),
                                  latent_cfg(variant="design", controlnet_copy=True),
-                                 GeneratorConfig(**PIXEL, variant="tryon", controlnet_copy=True)],
-                         ids=["latent-tryon", "latent-design", "pixel-tryon-3-blocks"])
+                                 GeneratorConfig(**PIXEL, variant="tryon", controlnet_copy=True),
+                                 GeneratorConfig(**PIXEL, variant="design", controlnet_copy=True,
+                                                 pooled_condition=True)],
+                         ids=["latent-tryon", "latent-design", "pixel-tryon-3-blocks", "pixel-design-pooled"])
 def test_output_equals_plain_unet_at_init_whatever_the_control(cfg):
     torch.manual_seed(0)
     gen = Generator(cfg, query_dim=HQ).eval()
@@ -44,11 +46,14 @@ def test_output_equals_plain_unet_at_init_whatever_the_control(cfg):
     c_in = gen.unet.config.in_channels
     x, ctx = torch.randn(2, c_in, h, w), torch.randn(2, Q, gen.unet.config.cross_attention_dim)
     t = torch.tensor([10, 700])
+    pooled = ctx.mean(1) if cfg.pooled_condition else None  # (2, D): the pooled condition's class labels
     with torch.no_grad():
-        ref = gen.unet(x, t, encoder_hidden_states=ctx).sample  # the library's plain UNet forward
+        ref = gen.unet(x, t, encoder_hidden_states=ctx, class_labels=pooled).sample  # the library's plain forward
+        if pooled is not None:  # the pooled condition does reach the output
+            assert not torch.allclose(ref, gen.unet(x, t, encoder_hidden_states=ctx, class_labels=pooled * 0).sample)
         for seed in (1, 2):
             control = torch.randn(2, gen.latent_channels, h, w, generator=torch.Generator().manual_seed(seed)) * 3
-            out = gen.control(gen.unet, x, t, ctx, control)
+            out = gen.control(gen.unet, x, t, ctx, control, class_labels=pooled)
             assert torch.equal(out, ref)  # bitwise: h + 0 == h
     # and through the generator's own path (conditions -> control latents -> controlled UNet)
     q = torch.randn(2, Q, HQ)

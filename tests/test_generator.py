@@ -282,3 +282,98 @@ def test_zero_terminal_snr_schedule_and_samplers():
     pndm = gen.make_sampler("pndm")
     torch.testing.assert_close(pndm.alphas_cumprod[:-1], ac[:-1].float(), rtol=1e-4, atol=1e-7)
     assert float(pndm.alphas_cumprod[-1]) == pytest.approx(2.0**-24, rel=1e-3)
+
+
+def test_noise_offset_adds_one_constant_per_item_and_channel():
+    with pytest.raises(ValueError, match="noise_offset"):
+        tiny(noise_offset=-0.1)
+    torch.manual_seed(0)
+    gen = Generator(tiny(prediction_type="v_prediction", noise_offset=0.3), query_dim=HQ).eval()
+    plain = copy.deepcopy(gen)
+    plain.config.noise_offset = 0.0
+    q, img, t = torch.randn(2, Q, HQ), torch.rand(2, 3, S, S) * 2 - 1, torch.tensor([50, 800])
+    # the noise drawn by hand in the same order: VAE posterior sample, eps, then one offset per (item, channel)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        lat = gen.vae.encode(img).latent_dist.sample()  # (2, 4, 8, 8)
+    eps = torch.randn_like(lat)
+    offset = torch.randn(2, 4)
+    hand = eps + 0.3 * offset[:, :, None, None]  # (2, 4, 8, 8)
+    torch.manual_seed(7)
+    drawn = gen.denoise_loss(q, img, timesteps=t)["denoise"]
+    torch.manual_seed(7)
+    given = plain.denoise_loss(q, img, noise=hand, timesteps=t)["denoise"]
+    torch.manual_seed(7)
+    no_offset = plain.denoise_loss(q, img, timesteps=t)["denoise"]
+    torch.manual_seed(7)
+    eps_only = plain.denoise_loss(q, img, noise=eps, timesteps=t)["denoise"]
+    torch.testing.assert_close(drawn.detach(), given.detach())
+    torch.testing.assert_close(no_offset.detach(), eps_only.detach())  # offset 0: plain N(0, 1) noise
+    assert not torch.allclose(drawn, no_offset)
+
+
+def test_per_channel_latent_statistics_of_the_vae_config():
+    torch.manual_seed(0)
+    gen = Generator(tiny(), query_dim=HQ).eval()
+    img = torch.rand(2, 3, S, S) * 2 - 1
+    sf = gen.vae.config.scaling_factor
+    with torch.no_grad():
+        mode = gen.vae.encode(img).latent_dist.mode()  # (2, 4, 8, 8) unscaled
+        torch.testing.assert_close(gen.encode_images(img, sample=False), mode * sf)  # SD-1.x: one scale
+        mean, std = [0.5, -1.0, 0.25, 2.0], [2.0, 0.5, 1.0, 4.0]
+        gen.vae.register_to_config(latents_mean=mean, latents_std=std)
+        z = gen.encode_images(img, sample=False)
+        hand = (mode - torch.tensor(mean).view(1, 4, 1, 1)) * sf / torch.tensor(std).view(1, 4, 1, 1)
+        torch.testing.assert_close(z, hand)
+        real = (gen.vae.decode(mode).sample / 2 + 0.5).clamp(0, 1)  # the VAE's own decode of the same latent
+        torch.testing.assert_close(gen.decode_latents(z), real, rtol=1e-4, atol=1e-5)
+        gen.vae.register_to_config(latents_mean=mean[:3], latents_std=std[:3])
+        with pytest.raises(ValueError, match="latents_mean and latents_std"):
+            gen.encode_images(img)
+        gen.vae.register_to_config(latents_mean=mean, latents_std=None)
+        with pytest.raises(ValueError, match="latents_mean and latents_std"):
+            gen.decode_latents(z)
+
+
+def test_min_snr_weighting_against_hand_computed_weights():
+    acp = _hand_alphas_cumprod()
+    lat, noise, pred = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([5, 400, 990])
+    snr = acp[t] / (1 - acp[t])  # (3,) float64: ~1e3 (nearly clean) ... ~5e-3 (nearly pure noise)
+    assert snr[0] > 5 > snr[2]  # the cap acts on the first step only
+    for prediction_type, target, denom in (("epsilon", lambda a: noise, snr),
+                                           ("v_prediction", lambda a: a.sqrt() * noise - (1 - a).sqrt() * lat,
+                                            snr + 1)):
+        gen = Generator(tiny(prediction_type=prediction_type), query_dim=HQ)
+        a = acp[t].float().view(-1, 1, 1, 1)
+        per_item = ((pred - target(a)) ** 2).mean(dim=(1, 2, 3))  # (3,)
+        weights = torch.minimum(snr, torch.full_like(snr, 5.0)) / denom  # Hang et al. 2023 with gamma 5
+        got = denoising_loss(pred, lat, noise, t, gen.scheduler, snr_gamma=5.0)["denoise"]
+        torch.testing.assert_close(got, (weights.float() * per_item).mean(), rtol=1e-5, atol=1e-6)
+        plain = denoising_loss(pred, lat, noise, t, gen.scheduler)["denoise"]
+        torch.testing.assert_close(plain, per_item.mean(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="snr_gamma"):
+        tiny(snr_gamma=0.0)
+
+
+def test_generator_passes_snr_gamma_to_the_loss():
+    torch.manual_seed(0)
+    gen = Generator(tiny(prediction_type="v_prediction", snr_gamma=1.0), query_dim=HQ).eval()
+    plain = copy.deepcopy(gen)
+    plain.config.snr_gamma = None
+    q, img = torch.randn(2, Q, HQ), torch.rand(2, 3, S, S) * 2 - 1
+    noise, t = torch.randn(2, 4, 8, 8), torch.tensor([3, 950])
+    torch.manual_seed(5)
+    weighted = gen.denoise_loss(q, img, noise=noise, timesteps=t)["denoise"]
+    torch.manual_seed(5)
+    with torch.no_grad():
+        lat = gen.encode_images(img)
+        noisy = gen.scheduler.add_noise(lat, noise, t)
+        pred = gen.unet_forward(noisy, t, gen.encode_condition(q), None)
+        per_item = ((pred - gen.scheduler.get_velocity(lat, noise, t)) ** 2).mean(dim=(1, 2, 3))  # (2,)
+        acp = _hand_alphas_cumprod()[t]
+        snr = acp / (1 - acp)
+        w = (torch.clamp(snr, max=1.0) / (snr + 1)).float()
+    torch.testing.assert_close(weighted.detach(), (w * per_item).mean(), rtol=1e-4, atol=1e-6)
+    torch.manual_seed(5)
+    assert not torch.allclose(plain.denoise_loss(q, img, noise=noise, timesteps=t)["denoise"], weighted)

@@ -13,6 +13,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     demo.add_argument("--run-dir", default="runs/demo")
     demo.add_argument("--scale", choices=("tiny", "small", "medium"), default="small")
     demo.add_argument("--stages", nargs="+", default=None, help=f"stages to run (default: {' '.join(STAGES)}; all: {' '.join(ALL_STAGES)})")
+    demo.add_argument("--sequential", action="store_true",
+                      help="run every stage in this process, one after the other (default: independent stages "
+                           "side by side, one thread each)")
 
 
 def run(args) -> int:

@@ -15,7 +15,8 @@
 4. Composed outputs from Z_R of the validation queries, checked against the sidecar attributes:
    the share of composed captions naming the target's changed attribute values and the share of
    composed images of the target's primary colour, beside the untrained model and the
-   reference-only baseline (caption / image of the reference's own queries).
+   reference-only baseline (caption / image of the reference's own queries) and the target-only
+   ceiling (caption / image of the target's own queries).
 
 `ablation` runs phase 2 three times (CIR terms only; + ITG; + ITG + denoising) and returns each
 CIR average (the shape of Table 5); `make ablation` calls it.
@@ -83,9 +84,13 @@ def _sidecar(data: Path) -> dict[str, dict[str, str | None]]:
     return out
 
 
-def _phrase(attribute: str, value: str) -> str:
+def _phrases(attribute: str, value: str) -> tuple[str, ...]:
+    """The ways a caption names an attribute value (any one counts); the renderer's caption styles say
+    "sleeveless" or "no sleeves", "long sleeve(s)", "loose fit", and the value itself otherwise."""
     value = value.replace("-", " ").lower()
-    return {"sleeve_length": f"{value} sleeve", "fit": f"{value} fit"}.get(attribute, value)
+    if attribute == "sleeve_length":
+        return ("sleeveless", "no sleeves") if value == "sleeveless" else (f"{value} sleeve",)
+    return (f"{value} fit",) if attribute == "fit" else (value,)
 
 
 def names_changed_attributes(caption: str, reference: dict, target: dict) -> bool:
@@ -94,14 +99,17 @@ def names_changed_attributes(caption: str, reference: dict, target: dict) -> boo
 
     text = caption.replace("-", " ").lower()
     changed = [a for a in VISUAL_ATTRIBUTES if reference.get(a) != target.get(a) and target.get(a)]
-    return bool(changed) and all(_phrase(a, str(target[a])) in text for a in changed)
+    return bool(changed) and all(any(p in text for p in _phrases(a, str(target[a]))) for a in changed)
 
 
-def composed_outputs(model, data: Path, n: int = OUTPUT_ITEMS, generate: bool = True) -> dict[str, float]:
+def composed_outputs(model, data: Path, n: int = OUTPUT_ITEMS, generate: bool = True,
+                     controls: bool = True) -> dict[str, float]:
     """Shares (percent) of validation queries whose composed caption / image match the target.
 
     Keys ``cir_outputs/caption_names_change`` and ``cir_outputs/image_colour`` (composed, from
-    Z_R), and ``.../reference_only/...`` (the reference's own queries, no text).
+    Z_R), ``cir_outputs/reference_only/...`` (the reference's own queries, no text: the floor) and
+    ``cir_outputs/target_only/...`` (the target image's own queries: the ceiling of the captioner and
+    generator, which a perfect Z_R would reach); `controls=False` computes the composed keys only.
     """
     from unifashion.data.fashioniq import FashionIQDataModule, eval_text
     from unifashion.data.files import load_image
@@ -111,11 +119,14 @@ def composed_outputs(model, data: Path, n: int = OUTPUT_ITEMS, generate: bool = 
     dm = FashionIQDataModule(root=str(Path(data) / "fashioniq"), image_size=model.encoder.config.image_size)
     triplets = [t for cat in CATEGORIES for t in dm.triplets(cat, "val")][:n]
     pixels = torch.stack([dm.eval_transform(load_image(dm.images.path(t.candidate))) for t in triplets])
+    targets = torch.stack([dm.eval_transform(load_image(dm.images.path(t.target))) for t in triplets])
     texts = [eval_text(t.captions) for t in triplets]
-    z_r = model.composed_queries(pixels, texts)  # (n, Q, H)
-    z_ref = model.image_queries(pixels)  # (n, Q, H)
+    rows = [("", model.composed_queries(pixels, texts))]  # Z_R (n, Q, H)
+    if controls:
+        rows += [("reference_only/", model.image_queries(pixels)),  # (n, Q, H): the reference's own queries
+                 ("target_only/", model.image_queries(targets))]  # the ceiling, the target's own queries
     out: dict[str, float] = {}
-    for name, z in (("", z_r), ("reference_only/", z_ref)):
+    for name, z in rows:
         caps = model.caption(queries=z, style="fashioniq", max_new_tokens=48)
         hits = [names_changed_attributes(c, attrs[t.candidate], attrs[t.target]) for c, t in zip(caps, triplets)]
         out[f"cir_outputs/{name}caption_names_change"] = 100.0 * sum(hits) / len(hits)
@@ -152,6 +163,24 @@ def print_fashion200k_table(metrics: dict[str, float]) -> None:
                       + (f"{base:11.1f}" if base is not None else f"{'-':>11s}"))
 
 
+def write_gallery_captions(data: Path, run_dir: Path, captioning_ckpt: Path, timer: Any) -> Path:
+    """Step 2 of the stage: the Fashion-IQ-cap files (style fashioniq) of the train targets and of every
+    validation gallery image, and the Fashion200K test gallery's captions (style fashion200k), each
+    written by the phase-1 captioner of `captioning_ckpt` from the image alone (no query text), into
+    ``run_dir/composed/captions``, which it returns."""
+    from unifashion.api import UniFashion
+    from unifashion.tasks.cir.captions import write_fashion200k_captions, write_fashioniq_captions
+
+    data, caption_dir = Path(data), Path(run_dir) / "composed" / "captions"
+    captioner = UniFashion.from_checkpoint(captioning_ckpt, device="cpu", show_progress=False)
+    timer.run("caption_fashioniq", lambda: write_fashioniq_captions(
+        captioner, data / "fashioniq", caption_dir, splits=("train", "val"), max_new_tokens=48))
+    f200k = data / "fashion200k"
+    if (f200k / "test_queries.txt").is_file():  # the second benchmark's gallery, each image alone
+        timer.run("caption_fashion200k", lambda: write_fashion200k_captions(captioner, f200k, caption_dir))
+    return caption_dir
+
+
 def composed_stage(
     data: Path,
     run_dir: Path,
@@ -161,6 +190,7 @@ def composed_stage(
     config: Callable[[str], Path],
     extra: list[str] | None = None,
     outputs: bool = True,
+    captions_written: bool = False,
 ) -> dict[str, float]:
     """Runs the composed stage (module docstring) and returns its metrics.
 
@@ -173,9 +203,10 @@ def composed_stage(
         timer: ``demo.Timer``; build_cli: ``demo.build_cli``; config: ``demo._config``.
         extra: further LightningCLI arguments (e.g. ``--trainer.max_steps 10``).
         outputs: also check the composed captions and images (generation; slower).
+        captions_written: the gallery captions of this run are already in ``run_dir/composed/captions``
+            (`write_gallery_captions`, which the demo runs right after the captioning stage).
     """
     from unifashion.api import UniFashion
-    from unifashion.tasks.cir.captions import write_fashion200k_captions, write_fashioniq_captions
     from unifashion.tasks.cir.evaluate import run_cir, run_cir_fashion200k
 
     data, run_dir = Path(data), Path(run_dir)
@@ -185,14 +216,9 @@ def composed_stage(
     stage_dir = run_dir / "composed"
     caption_dir = stage_dir / "captions"
     merged = merge_phase1_checkpoints([Path(p) for p in phase1_ckpts], run_dir / "phase1.ckpt")
-    captioner = UniFashion.from_checkpoint(phase1_ckpts[0], device="cpu", show_progress=False)
-    timer.run("caption_fashioniq", lambda captioner=captioner: write_fashioniq_captions(
-        captioner, data / "fashioniq", caption_dir, splits=("train", "val"), max_new_tokens=48))
+    if not captions_written:
+        write_gallery_captions(data, run_dir, Path(phase1_ckpts[0]), timer)
     f200k = data / "fashion200k"
-    if (f200k / "test_queries.txt").is_file():  # the second benchmark's gallery, each image alone
-        timer.run("caption_fashion200k", lambda captioner=captioner: write_fashion200k_captions(
-            captioner, f200k, caption_dir))
-    del captioner
     pattern = str(caption_dir / "next_llava.{split}.{cat}.caption.json")
     args = ["--data.init_args.root", str(data / "fashioniq"), "--data.init_args.target_captions", pattern,
             "--model.init_from", str(merged), "--model.captioner.llm", str(data / "pretrained" / "llm"),
@@ -207,7 +233,7 @@ def composed_stage(
             model, f200k, caption_dir, prefix="baseline/"))
     if outputs:
         metrics |= timer.run("eval_baseline_cir_outputs",
-                             lambda: {f"baseline/{k}": v for k, v in composed_outputs(model, data).items()})
+                             lambda: {f"baseline/{k}": v for k, v in composed_outputs(model, data, controls=False).items()})
     timer.run("train_composed", lambda: cli.trainer.fit(cli.model, cli.datamodule))
     cli.model.eval()
     metrics |= timer.run("eval_cir", lambda: run_cir(model, data / "fashioniq", caption_dir,
@@ -219,9 +245,11 @@ def composed_stage(
     print_cir_table(metrics)
     print_fashion200k_table(metrics)
     for key in ("caption_names_change", "image_colour"):
-        vals = [metrics.get(f"{p}cir_outputs/{s}{key}") for p, s in (("", ""), ("baseline/", ""), ("", "reference_only/"))]
+        vals = [metrics.get(f"{p}cir_outputs/{s}{key}")
+                for p, s in (("", ""), ("baseline/", ""), ("", "reference_only/"), ("", "target_only/"))]
         if vals[0] is not None:
-            print(f"  composed {key}: trained {vals[0]:.1f} / untrained {vals[1]:.1f} / reference only {vals[2]:.1f}")
+            print(f"  composed {key}: trained {vals[0]:.1f} / untrained {vals[1]:.1f} / reference only "
+                  f"{vals[2]:.1f} / target only (ceiling) {vals[3]:.1f}")
     (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 

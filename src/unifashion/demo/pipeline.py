@@ -17,15 +17,21 @@ Stages (each timed into `<run dir>/metrics.json` as `time/<stage>_s`):
 `make ablation` runs `ablation` (phase 2 with CIR terms only / + ITG / + ITG + denoising) after the
 demo. The same configs run with `unifashion fit --config ...`; this file only chains them. Each stage
 leaves a stable checkpoint copy `<run dir>/<stage>.ckpt` for `unifashion eval`, the API and the notebooks.
+
+Stages that do not depend on each other run side by side, one CPU thread each (`demo.parallel`): the
+pretraining of the tiny LLM and VAE (the end of `data`) beside `retrieval`, `captioning` beside `generation`, `tryon` beside
+`design`; their logs go to `<run dir>/logs/<stage>.log` and are printed when both are done.
+`unifashion demo --sequential` runs every stage in this process, one after the other.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from unifashion.demo.parallel import Job, run_side_by_side
+from unifashion.demo.timer import Timer
 from unifashion.tasks.report import PAPER_NUMBERS, format_table, update_metrics_json
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "lightning_configs" / "tiny"
@@ -59,21 +65,6 @@ def build_cli(config: Path, run_dir: Path, data: Path, extra: list[str] | None =
         *(extra or []),
     ]
     return lightning_main(args, run=False)
-
-
-class Timer:
-    """Collects `time/<stage>_s`."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    def run(self, stage: str, fn: Callable[[], object]):
-        start = time.perf_counter()
-        print(f"\n=== {stage} ===", flush=True)
-        out = fn()
-        self.times[f"time/{stage}_s"] = round(time.perf_counter() - start, 2)
-        print(f"=== {stage}: {self.times[f'time/{stage}_s']:.1f} s", flush=True)
-        return out
 
 
 def loss_summary(stage_dir: Path, stage: str, window: int = 3) -> dict[str, float]:
@@ -113,77 +104,131 @@ def _keep_last(stage_dir: Path, out: Path) -> Path:
     return out
 
 
-def run_demo(args) -> int:
+def retrieval_stage(data: Path, run_dir: Path, timer: Timer) -> dict[str, float]:
+    """The retrieval stage: the tiny model of phase1_retrieval.yaml evaluated untrained (`baseline/` keys),
+    trained, evaluated again (ITM re-ranking of the ITC top-k included), its loss summary; the stage's last
+    checkpoint is copied to ``<run dir>/retrieval.ckpt``."""
     from unifashion.api import UniFashion
     from unifashion.tasks.cmr.evaluate import run_cmr
 
+    cli = build_cli(_config("phase1_retrieval.yaml"), run_dir / "retrieval", data,
+                    ["--data.init_args.root", str(data / "fashiongen")])
+    model = UniFashion(cli.model)  # the API on the module being trained (modes restored after each call)
+    metrics = timer.run("eval_baseline_cmr", lambda: run_cmr(model, data, prefix="baseline/"))
+    timer.run("train_retrieval", lambda: cli.trainer.fit(cli.model, cli.datamodule))
+    metrics |= loss_summary(run_dir / "retrieval", "retrieval")
+    metrics |= timer.run("eval_cmr", lambda: run_cmr(model, data, rerank_k=RERANK_K))
+    shutil.copyfile(cli.trainer.checkpoint_callback.last_model_path, run_dir / "retrieval.ckpt")
+    print(f"retrieval checkpoint: {run_dir / 'retrieval.ckpt'}")
+    return metrics
+
+
+def captioning_and_gallery_captions(data: Path, run_dir: Path, timer: Timer) -> dict[str, float]:
+    """The captioning stage, then (for the composed stage) its captioner writes the gallery captions
+    (`demo.composed.write_gallery_captions`): both beside the generation stage, off the critical path."""
+    from unifashion.demo.captioning import captioning_stage
+    from unifashion.demo.composed import write_gallery_captions
+
+    metrics = captioning_stage(data, run_dir, run_dir / "retrieval.ckpt", timer, build_cli, _config)
+    write_gallery_captions(data, run_dir, _keep_last(run_dir / "captioning", run_dir / "captioning.ckpt"), timer)
+    return metrics
+
+
+def _stage_job(name: str, data: Path, run_dir: Path) -> Job:
+    """The `demo.parallel.Job` of a stage by name (`data_pretrained`: the tiny LLM and VAE that are missing)."""
+    from unifashion.demo.captioning import captioning_stage
+    from unifashion.demo.generation import generation_stage
+    from unifashion.demo.tryon import tryon_stage
+    from unifashion.models.tiny_assets import TINY_LLM_DIR, pretrain_tiny_parts
+    from unifashion.models.tiny_autoencoder import TINY_VAE_DIR
+
+    ckpt = run_dir / "retrieval.ckpt"
+    if name == "data_pretrained":  # whichever of the tiny LLM and VAE is missing
+        lm_steps = 0 if (data / TINY_LLM_DIR / "config.json").is_file() else LM_STEPS
+        vae_steps = 0 if (data / TINY_VAE_DIR / "config.json").is_file() else None
+        return Job(pretrain_tiny_parts, (data, lm_steps, vae_steps))
+    return {
+        "captioning+gallery": Job(captioning_and_gallery_captions, (data, run_dir)),
+        "retrieval": Job(retrieval_stage, (data, run_dir)),
+        "captioning": Job(captioning_stage, (data, run_dir, ckpt), {"build_cli": build_cli, "config": _config}),
+        "generation": Job(generation_stage, (data, run_dir, ckpt), {"build_cli": build_cli, "config": _config}),
+        "tryon": Job(tryon_stage, (data, run_dir, ckpt), {"build_cli": build_cli, "config": _config, "kind": "tryon"}),
+        "design": Job(tryon_stage, (data, run_dir, ckpt), {"build_cli": build_cli, "config": _config,
+                                                           "kind": "design"}),
+    }[name]
+
+
+def _run_group(names: list[str], data: Path, run_dir: Path, timer: Timer, side_by_side: bool) -> dict[str, float]:
+    """Runs independent stages: side by side (one thread each, `demo.parallel`) when there are two and
+    `side_by_side`, else one after the other in this process. Returns their merged metrics (the tiny
+    parts' pretraining returns none)."""
+    metrics: dict[str, float] = {}
+    if side_by_side and len(names) > 1:
+        results = run_side_by_side({n: _stage_job(n, data, run_dir) for n in names}, run_dir / "logs")
+        for name, result in results.items():
+            timer.times |= result.times
+            timer.times[f"time/{name}_s"] = round(result.wall_s, 2)
+            if name != "data_pretrained":
+                metrics |= result.value
+        return metrics
+    for name in names:
+        job = _stage_job(name, data, run_dir)
+        if name == "data_pretrained":
+            timer.run(name, lambda job=job: job.fn(*job.args))
+        else:
+            metrics |= job.fn(*job.args, timer=timer, **job.kwargs)
+    return metrics
+
+
+def run_demo(args) -> int:
     # absolute: the checkpoints record the tokenizer, LLM and init_from paths, and are reloaded from
     # other working directories (notebooks/, eval commands)
     data, run_dir = Path(args.data).resolve(), Path(args.run_dir).resolve()
     stages = tuple(args.stages or STAGES)
+    side_by_side = not getattr(args, "sequential", False)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"
     timer = Timer()
     metrics: dict[str, float] = {}
     wall = time.perf_counter()
 
+    first: list[str] = []  # the tiny LLM and VAE (when missing) and the retrieval stage: independent
     if "data" in stages:
         marker = data / "fashiongen" / "fashiongen_256_256_validation.h5"
-        from unifashion.models.tiny_assets import TINY_LLM_DIR, synthesize, write_tiny_llm, write_vae
+        from unifashion.models.tiny_assets import TINY_LLM_DIR, synthesize
         from unifashion.models.tiny_autoencoder import TINY_VAE_DIR
 
         if marker.is_file() and (data / "tokenizers" / "qformer").is_dir():
             print(f"synthetic benchmark found at {data} (delete it to regenerate)")
-            if not (data / TINY_LLM_DIR / "config.json").is_file():  # written by an older version
-                timer.run("data", lambda: write_tiny_llm(data, LM_STEPS))
-            if not (data / TINY_VAE_DIR / "config.json").is_file():  # written by an older version
-                timer.run("data_vae", lambda: write_vae(data))
-        else:
-            timer.run("data", lambda: synthesize(data, seed=0, scale=args.scale, lm_steps=LM_STEPS))
-
-    retrieval_ckpt = run_dir / "retrieval.ckpt"  # a stable copy of the stage's last checkpoint
+        else:  # the tiny LLM and VAE are pretrained next, beside the retrieval stage
+            timer.run("data", lambda: synthesize(data, seed=0, scale=args.scale, lm_steps=0, vae_steps=0))
+        if not all((data / d / "config.json").is_file() for d in (TINY_LLM_DIR, TINY_VAE_DIR)):
+            first.append("data_pretrained")
     if "retrieval" in stages:
-        cli = build_cli(_config("phase1_retrieval.yaml"), run_dir / "retrieval", data,
-                        ["--data.init_args.root", str(data / "fashiongen")])
-        model = UniFashion(cli.model)  # the API on the module being trained (modes restored after each call)
-        metrics |= timer.run("eval_baseline_cmr", lambda: run_cmr(model, data, prefix="baseline/"))
-        timer.run("train_retrieval", lambda: cli.trainer.fit(cli.model, cli.datamodule))
-        metrics |= loss_summary(run_dir / "retrieval", "retrieval")
-        metrics |= timer.run("eval_cmr", lambda: run_cmr(model, data, rerank_k=RERANK_K))
-        shutil.copyfile(cli.trainer.checkpoint_callback.last_model_path, retrieval_ckpt)
-        print(f"retrieval checkpoint: {retrieval_ckpt}")
-        update_metrics_json(metrics_path, metrics | timer.times)
+        first.append("retrieval")
+    metrics |= _run_group(first, data, run_dir, timer, side_by_side)
+    update_metrics_json(metrics_path, metrics | timer.times)
 
-    if "captioning" in stages:
-        from unifashion.demo.captioning import captioning_stage
-
-        metrics |= captioning_stage(data, run_dir, retrieval_ckpt, timer, build_cli, _config)
-        _keep_last(run_dir / "captioning", run_dir / "captioning.ckpt")
-        update_metrics_json(metrics_path, metrics | timer.times)
-
-    if "generation" in stages:
-        from unifashion.demo.generation import generation_stage
-
-        metrics |= generation_stage(data, run_dir, retrieval_ckpt, timer, build_cli, _config)
-        _keep_last(run_dir / "generation", run_dir / "generation.ckpt")
-        update_metrics_json(metrics_path, metrics | timer.times)
+    # captioning and generation both start from the retrieval checkpoint; so do try-on and design. With the
+    # composed stage to come, the captioner also writes the gallery captions at once (beside generation).
+    captions_written = "captioning" in stages and "composed" in stages
+    for group in (("captioning", "generation"), ("tryon", "design")):
+        names = [n for n in group if n in stages]
+        jobs = ["captioning+gallery" if n == "captioning" and captions_written else n for n in names]
+        metrics |= _run_group(jobs, data, run_dir, timer, side_by_side)
+        for name in names:
+            _keep_last(run_dir / name, run_dir / f"{name}.ckpt")
+        if names:
+            update_metrics_json(metrics_path, metrics | timer.times)
 
     if "composed" in stages:
         from unifashion.demo.composed import composed_stage
 
         phase1 = [run_dir / "captioning.ckpt", run_dir / "generation.ckpt"]
-        metrics |= composed_stage(data, run_dir, phase1, timer, build_cli, _config)
+        metrics |= composed_stage(data, run_dir, phase1, timer, build_cli, _config, captions_written=captions_written)
         metrics |= loss_summary(run_dir / "composed", "composed")
         _keep_last(run_dir / "composed", run_dir / "composed.ckpt")
         update_metrics_json(metrics_path, metrics | timer.times)
-
-    for kind in ("tryon", "design"):
-        if kind in stages:
-            from unifashion.demo.tryon import tryon_stage
-
-            metrics |= tryon_stage(data, run_dir, retrieval_ckpt, timer, build_cli, _config, kind=kind)
-            _keep_last(run_dir / kind, run_dir / f"{kind}.ckpt")
-            update_metrics_json(metrics_path, metrics | timer.times)
 
     if "ablation" in stages:
         from unifashion.demo.composed import ablation

@@ -7,6 +7,7 @@ epsilon-predicting scheduler or the velocity v = sqrt(a_t) eps - sqrt(1 - a_t) z
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -39,8 +40,36 @@ def denoising_target(scheduler, latents: Tensor, noise: Tensor, timesteps: Tenso
     )
 
 
+def snr(scheduler, timesteps: Tensor) -> Tensor:
+    """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) of each timestep, float32 (B,)."""
+    alpha_bar = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)[timesteps]  # (B,)
+    return (alpha_bar / (1.0 - alpha_bar)).float()
+
+
+def min_snr_weights(scheduler, timesteps: Tensor, gamma: float) -> Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
+    Strategy", eq. 11), float32 (B,).
+
+    The weight of the noise-space loss is min(SNR_t, gamma) / SNR_t; in the other parameterisations the
+    same weighting reads min(SNR_t, gamma) / SNR_t for an epsilon target and min(SNR_t, gamma) / (SNR_t + 1)
+    for a velocity target (the MSE of v is (SNR_t + 1) times that of x_0 over SNR_t, diffusers'
+    `train_text_to_image.py --snr_gamma`). It caps the weight of the nearly clean, low-noise steps, whose
+    easy gradients otherwise dominate and conflict with the high-noise steps where the global layout and
+    colour are decided.
+    """
+    s = snr(scheduler, timesteps)  # (B,)
+    capped = torch.clamp(s, max=gamma)  # (B,)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return capped / s.clamp_min(1e-8)  # an SNR of 0 (zero-terminal-SNR step) would divide by 0
+    if prediction_type == "v_prediction":
+        return capped / (s + 1.0)
+    raise ValueError(f"Unknown scheduler prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}.")
+
+
 def denoising_loss(
-    model_pred: Tensor, latents: Tensor, noise: Tensor, timesteps: Tensor, scheduler
+    model_pred: Tensor, latents: Tensor, noise: Tensor, timesteps: Tensor, scheduler,
+    snr_gamma: float | None = None,
 ) -> dict[str, Tensor]:
     """Mean squared error between the UNet output and the denoising target (eq. 7 / eq. 12).
 
@@ -50,6 +79,8 @@ def denoising_loss(
         noise: the noise eps, float (B, C, h, w).
         timesteps: long (B,).
         scheduler: the training scheduler (see `denoising_target`).
+        snr_gamma: None for the plain mean (SD-1.4's training); a value (5 in Hang et al.) weights each
+            item's MSE by `min_snr_weights` before the batch mean.
 
     Returns:
         {"denoise": scalar loss}, computed in float32.
@@ -57,8 +88,11 @@ def denoising_loss(
     target = denoising_target(scheduler, latents, noise, timesteps)
     if model_pred.shape != target.shape:
         raise ValueError(f"UNet output shape {tuple(model_pred.shape)} != target shape {tuple(target.shape)}")
-    return {"denoise": F.mse_loss(model_pred.float(), target.float(), reduction="mean")}
+    if snr_gamma is None:
+        return {"denoise": F.mse_loss(model_pred.float(), target.float(), reduction="mean")}
+    per_item = F.mse_loss(model_pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
+    return {"denoise": (min_snr_weights(scheduler, timesteps, snr_gamma) * per_item).mean()}
 
 
-__all__ = ["PREDICTION_TYPES", "denoising_loss", "denoising_target"]
+__all__ = ["PREDICTION_TYPES", "denoising_loss", "denoising_target", "min_snr_weights", "snr"]
 

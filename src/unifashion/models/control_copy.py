@@ -106,13 +106,18 @@ class ControlCopy(nn.Module):
             diffusers' SD-1.x configs use as the number of heads).
 
     Raises:
-        ValueError: for UNets with class or addition embeddings, or without a mid block.
+        ValueError: for UNets with addition embeddings, class embeddings other than an added projection,
+            or without a mid block.
     """
 
     def __init__(self, unet: UNet2DConditionModel, control_channels: int, heads: int | None = None) -> None:
         super().__init__()
         cfg = unet.config
-        for key in ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type"):
+        if cfg.class_embed_type not in (None, "projection") or cfg.class_embeddings_concat:
+            raise ValueError(f"ControlCopy supports UNets without class_embed_type or with an added 'projection' "
+                             f"(the pooled condition); this UNet has class_embed_type={cfg.class_embed_type!r}, "
+                             f"class_embeddings_concat={cfg.class_embeddings_concat!r}")
+        for key in ("addition_embed_type", "encoder_hid_dim_type"):
             if getattr(cfg, key, None) is not None:
                 raise ValueError(f"ControlCopy supports UNets without {key}; this UNet has {key}="
                                  f"{getattr(cfg, key)!r}")
@@ -164,7 +169,7 @@ class ControlCopy(nn.Module):
         return levels
 
     def forward(self, unet: UNet2DConditionModel, sample: Tensor, timestep: Tensor | int,
-                encoder_hidden_states: Tensor, control: Tensor) -> Tensor:
+                encoder_hidden_states: Tensor, control: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """The controlled UNet's prediction (B, C_out, h, w).
 
         Args:
@@ -173,6 +178,8 @@ class ControlCopy(nn.Module):
             timestep: the diffusion timestep(s).
             encoder_hidden_states: the cross-attention condition (B, Q, D), shared by UNet and copy.
             control: the control input (B, control_channels, h, w) (garment / sketch latent).
+            class_labels: the pooled condition (B, D) of a UNet with a class embedding (`GeneratorConfig.
+                pooled_condition`), added to the timestep embedding of UNet and copy as diffusers does.
         """
         if control.shape[-2:] != sample.shape[-2:]:
             raise ValueError(f"control input {tuple(control.shape)} must have the sample's spatial size "
@@ -181,6 +188,9 @@ class ControlCopy(nn.Module):
         forward_upsample_size = any(s % up_factor for s in sample.shape[-2:])
         t_emb = unet.get_time_embed(sample=sample, timestep=timestep)
         emb = unet.time_embedding(t_emb, None)  # (B, T)
+        class_emb = unet.get_class_embed(sample=sample, class_labels=class_labels)  # (B, T) or None
+        if class_emb is not None:  # added, as diffusers does without class_embeddings_concat (checked above)
+            emb = emb + class_emb
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
         ehs = unet.process_encoder_hidden_states(encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=None)

@@ -137,6 +137,16 @@ class GeneratorConfig:
     the noisiest training input, so the UNet learns to read the mean colour from its input and, from pure
     noise at inference, drifts to medium, desaturated colours whatever the condition. Needs v-prediction.
     SD-1.4 was trained without it (the paper-size configs keep False)."""
+    noise_offset: float = 0.0
+    """Offset noise (Guttenberg 2023; diffusers `train_text_to_image.py --noise_offset`, typically 0.05-0.1):
+    training noise eps + noise_offset * n, n ~ N(0, 1) of shape (B, C, 1, 1), one constant per latent channel.
+    The spatial mean of plain noise over h*w positions has std 1/sqrt(h*w), so a channel's mean (the image's
+    overall colour and brightness) is the last thing noise destroys: the UNet learns to read it from its input
+    rather than set it from the condition, and from pure noise samples drift to medium, washed-out colours.
+    The offset noises that mean as much as the rest. 0: off (SD-1.4 as trained)."""
+    snr_gamma: float | None = None
+    """Min-SNR-gamma weighting of the denoising loss (Hang et al. 2023; `losses.denoising.min_snr_weights`;
+    5 in the paper and diffusers' `--snr_gamma`). None: the plain mean (SD-1.4 as trained)."""
     pooled_condition: bool = False
     """Also feed the condition's mean over its queries (B, D) into the UNet's timestep embedding
     (diffusers `class_embed_type="projection"`), the global path Imagen and SD-XL give their pooled text
@@ -185,6 +195,10 @@ class GeneratorConfig:
             raise ValueError(f"variant must be one of {tuple(VARIANT_EXTRA_CHANNELS)}, got {self.variant!r}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be > 0 or None, got {self.snr_gamma}")
+        if self.noise_offset < 0:
+            raise ValueError(f"noise_offset must be >= 0, got {self.noise_offset}")
         if not 0.0 <= self.cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if self.controlnet_copy and self.variant == "plain":
@@ -531,19 +545,45 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def encode_images(self, images: Tensor, sample: bool = True) -> Tensor:
-        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents (B, C, H/f, W/f) (pixel space: identity)."""
+        """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents (B, C, H/f, W/f) (pixel space: identity).
+
+        Scaled = z * scaling_factor (SD-1.x), or (z - latents_mean) * scaling_factor / latents_std per channel
+        when the VAE config lists those statistics (the SD-XL-family convention; the tiny VAE's do).
+        """
         if self.vae is None:
             return images.to(self.unet.dtype)  # (B, 3, H, W)
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        latents = dist.sample() if sample else dist.mode()
-        return latents * self.vae.config.scaling_factor
+        latents = dist.sample() if sample else dist.mode()  # (B, C, h, w) unscaled
+        stats = self._latent_stats(latents)
+        if stats is None:  # SD-1.x: one global scale
+            return latents * self.vae.config.scaling_factor
+        mean, std = stats  # (1, C, 1, 1) each: the VAE config's per-channel statistics (SD-XL convention)
+        return (latents - mean) * self.vae.config.scaling_factor / std
+
+    def _latent_stats(self, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The VAE config's per-channel `latents_mean` / `latents_std` as (1, C, 1, 1) tensors like `like`,
+        or None when the config has none (SD-1.x VAEs); both or neither must be set."""
+        mean, std = self.vae.config.get("latents_mean"), self.vae.config.get("latents_std")
+        if mean is None and std is None:
+            return None
+        c = like.shape[1]
+        if mean is None or std is None or len(mean) != c or len(std) != c:
+            raise ValueError(f"VAE config: latents_mean and latents_std must both list {c} per-channel values, "
+                             f"got {mean!r} and {std!r}")
+        shape = (1, c, 1, 1)
+        return (torch.tensor(mean, dtype=like.dtype, device=like.device).view(shape),
+                torch.tensor(std, dtype=like.dtype, device=like.device).view(shape))
 
     @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> Tensor:
-        """Scaled latents (B, C, h, w) -> images in [0, 1] (B, 3, h*f, w*f)."""
+        """Scaled latents (B, C, h, w) -> images in [0, 1] (B, 3, h*f, w*f); the inverse of `encode_images`' scaling."""
         if self.vae is None:
             return (latents.float() / 2 + 0.5).clamp(0, 1)  # pixels in [-1, 1] -> [0, 1]
-        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor  # (B, C, h, w)
+        stats = self._latent_stats(latents)
+        if stats is not None:  # undo encode_images' per-channel standardisation
+            latents = latents * stats[1] + stats[0]
+        images = self.vae.decode(latents).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     def spatial_conditions(self, conditions: dict | None, latent_hw: tuple[int, int],
@@ -619,12 +659,12 @@ class Generator(nn.Module):
         """One UNet call on [latents, extra] with cross-attention condition `cond` (B, Q, D); with the
         encoder copy, `control` (B, C, h, w) is its input (`control_latents`)."""
         x = latents if extra is None else torch.cat([latents, extra.to(latents.dtype)], dim=1)  # (B, C_in, h, w)
+        cond = cond.to(self.unet.dtype)
+        pooled = cond.mean(dim=1) if self.config.pooled_condition else None  # (B, D) -> timestep embedding
         if self.control is not None:
             if control is None:
                 raise ValueError("controlnet_copy=True: unet_forward needs the control input")
-            return self.control(self.unet, x, timesteps, cond.to(self.unet.dtype), control.to(x.dtype))
-        cond = cond.to(self.unet.dtype)
-        pooled = cond.mean(dim=1) if self.config.pooled_condition else None  # (B, D) -> timestep embedding
+            return self.control(self.unet, x, timesteps, cond, control.to(x.dtype), class_labels=pooled)
         return self.unet(x, timesteps, encoder_hidden_states=cond, class_labels=pooled).sample
 
     # ------------------------------------------------------------------ training
@@ -642,7 +682,8 @@ class Generator(nn.Module):
             query_output: Q-Former query outputs, float (B, Q, H_q).
             images: target images in [-1, 1], float (B, 3, H, W).
             conditions: spatial conditions for the try-on / design variants (module docstring).
-            noise: optional fixed noise (B, C, h, w) (default: standard normal).
+            noise: optional fixed noise (B, C, h, w) (default: standard normal, plus the offset of
+                `noise_offset`).
             timesteps: optional fixed timesteps long (B,) (default: uniform over the training steps).
 
         Returns:
@@ -655,7 +696,10 @@ class Generator(nn.Module):
             raise ValueError(f"query_output batch {query_output.shape[0]} != images batch {b}")
         latents = self.encode_images(images).to(self.unet.dtype)  # (B, C, h, w)
         if noise is None:
-            noise = torch.randn_like(latents)
+            noise = torch.randn_like(latents)  # (B, C, h, w)
+            if self.config.noise_offset > 0:  # offset noise: one constant per item and channel
+                offset = torch.randn(latents.shape[:2], device=latents.device, dtype=latents.dtype)  # (B, C)
+                noise = noise + self.config.noise_offset * offset[:, :, None, None]
         if timesteps is None:
             timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), device=latents.device)
         timesteps = timesteps.long().to(latents.device)
@@ -666,7 +710,8 @@ class Generator(nn.Module):
         extra = self.spatial_conditions(conditions, tuple(latents.shape[-2:]), default_person=images)
         control = self.control_latents(conditions, tuple(latents.shape[-2:]))  # None without the copy
         pred = self.unet_forward(noisy, timesteps, cond, extra, control)  # (B, C, h, w)
-        return denoising_loss(pred, latents, noise.to(latents), timesteps, self.scheduler)
+        return denoising_loss(pred, latents, noise.to(latents), timesteps, self.scheduler,
+                              snr_gamma=self.config.snr_gamma)
 
     # ------------------------------------------------------------------ sampling
     def make_sampler(self, sampler: Literal["pndm", "dpmsolver++", "ddim"]):

@@ -112,11 +112,19 @@ def synthesize(out: str | Path, seed: int = 0, scale: str = "small", datasets=No
     print(summary)
     for name, path in tokenizers.items():
         print(f"tiny {name} tokenizer: {path}")
+    pretrain_tiny_parts(out, lm_steps, vae_steps)
+    print(f"synthetic benchmark written to {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def pretrain_tiny_parts(out: str | Path, lm_steps: int = 100, vae_steps: int | None = None) -> None:
+    """The parts that stand in for downloaded weights, on a written benchmark with its tokenizers:
+    (lm_steps > 0) the tiny caption LLM and (vae_steps != 0, FashionGen written) the tiny VAE;
+    vae_steps None: `TinyAutoencoderConfig.steps`. The demo runs this beside its retrieval stage."""
+    out = Path(out)
     if lm_steps > 0:
         report = write_tiny_llm(out, lm_steps)
         print(f"tiny caption LLM: {out / TINY_LLM_DIR} ({lm_steps} steps on {report['texts']} prompt+caption "
               f"texts, loss {report['first_loss']:.2f} -> {report['last_loss']:.2f}, {report['seconds']:.1f} s)")
     if vae_steps != 0 and (out / "fashiongen").is_dir():
         write_vae(out, vae_steps)
-    print(f"synthetic benchmark written to {out} in {time.perf_counter() - start:.1f} s")
-    return 0

@@ -1,0 +1,78 @@
+"""Independent demo stages side by side (`demo.parallel.run_side_by_side`): each job runs in its own
+process with one intra-op thread (both once its sibling has ended), its output goes to its log, its
+result and timer times come back, and a failing stage is named with its log."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unifashion.demo.parallel import Job, StageError, run_side_by_side
+
+
+def timed_square(x: int, timer) -> dict:
+    """A stage-shaped job: prints, times one step with the timer it is given, returns a value."""
+    print(f"squaring {x}")
+    y = timer.run("square", lambda: x * x)
+    return {"y": y}
+
+
+def plain_sum(a: int, b: int) -> int:
+    print("summing")
+    return a + b
+
+
+def failing(message: str) -> None:
+    print("about to fail")
+    raise ValueError(message)
+
+
+def test_jobs_run_in_their_own_single_threaded_processes(tmp_path, capsys):
+    results = run_side_by_side({"square": Job(timed_square, (7,)), "sum": Job(plain_sum, (2,), {"b": 5})},
+                               tmp_path / "logs")
+    assert results["square"].value == {"y": 49}
+    assert results["sum"].value == 7
+    assert set(results["square"].times) == {"time/square_s"} and results["sum"].times == {}
+    assert "squaring 7" in (tmp_path / "logs" / "square.log").read_text()
+    assert "summing" in (tmp_path / "logs" / "sum.log").read_text()
+    out = capsys.readouterr().out
+    assert out.index("squaring 7") < out.index("summing")  # echoed in the order of the jobs, after both end
+
+
+def test_a_failing_stage_is_named_with_its_log(tmp_path):
+    with pytest.raises(StageError, match=r"'broken' failed \(ValueError: no such file x.h5\).*broken.log") as err:
+        run_side_by_side({"fine": Job(plain_sum, (1, 2)), "broken": Job(failing, ("no such file x.h5",))},
+                         tmp_path)
+    assert isinstance(err.value.__cause__, ValueError)
+    assert "about to fail" in (tmp_path / "broken.log").read_text()
+
+
+def quick(started: str, timer) -> int:
+    """Ends as soon as its sibling has started (so the two run in two processes)."""
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + 60
+    while not Path(started).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return timer.run("quick", lambda: torch.get_num_threads())
+
+
+def slow_then_count(started: str, timer) -> list[int]:
+    """Threads of a first step that lasts until its sibling has ended, and of the step after it."""
+    from pathlib import Path
+
+    from unifashion.demo import parallel
+
+    Path(started).touch()
+    first = timer.run("overlapping", lambda: (parallel._SIBLING_DONE.wait(60), torch.get_num_threads())[1])
+    return [first, timer.run("after", lambda: torch.get_num_threads())]
+
+
+def test_the_stage_left_takes_the_freed_cores_at_its_next_step(tmp_path):
+    started = str(tmp_path / "slow_started")
+    results = run_side_by_side({"quick": Job(quick, (started,)), "slow": Job(slow_then_count, (started,))},
+                               tmp_path, echo=False)
+    assert results["quick"].value == 1
+    assert results["slow"].value == [1, 2]
+    assert "2 threads from here on" in (tmp_path / "slow.log").read_text()
