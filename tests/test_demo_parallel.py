@@ -60,12 +60,18 @@ def quick(started: str, timer) -> int:
 
 def slow_then_count(started: str, timer) -> list[int]:
     """Threads of a first step that lasts until its sibling has ended, and of the step after it."""
+    import time
     from pathlib import Path
 
     from unifashion.demo import parallel
 
     Path(started).touch()
-    first = timer.run("overlapping", lambda: (parallel._SIBLING_DONE.wait(60), torch.get_num_threads())[1])
+    def overlapping() -> int:
+        parallel._SIBLING_DONE.wait(60)
+        time.sleep(0.5)  # still in this step when the parent prints its line on the sibling's end
+        return torch.get_num_threads()
+
+    first = timer.run("overlapping", overlapping)
     return [first, timer.run("after", lambda: torch.get_num_threads())]
 
 
@@ -76,3 +82,18 @@ def test_the_stage_left_takes_the_freed_cores_at_its_next_step(tmp_path):
     assert results["quick"].value == 1
     assert results["slow"].value == [1, 2]
     assert "2 threads from here on" in (tmp_path / "slow.log").read_text()
+
+
+def test_progress_lines_name_each_stage_s_current_step(tmp_path, capsys):
+    started = str(tmp_path / "slow_started")
+    run_side_by_side({"quick": Job(quick, (started,)), "slow": Job(slow_then_count, (started,))}, tmp_path,
+                     echo=False, heartbeat_s=0.2)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  [")]
+    assert lines and all("quick: " in line and "slow: " in line for line in lines)
+    assert any("slow: overlapping" in line for line in lines)  # the step the slow stage was in
+    from unifashion.demo.parallel import current_step
+
+    assert current_step(tmp_path / "slow.log") == "after"
+    assert current_step(tmp_path / "missing.log") == "starting"
+    (tmp_path / "plain.log").write_text("no step yet\n")
+    assert current_step(tmp_path / "plain.log") == "running"

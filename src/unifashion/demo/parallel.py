@@ -8,7 +8,8 @@ two threads. Each runs in a fresh ("spawn") process: forking a process whose Ope
 running can hang it.
 
 When one stage ends, the other is told (a shared event) and takes the freed cores from its next timed step
-on (`Timer.run`; a thread count cannot be changed inside a running step).
+(`Timer.run`). (Switching inside a Lightning fit, before each training batch, was tried in the demo: the
+generation stage's training took 165.6 s with the switch and 155.5 s without, so it is not done.)
 
 A stage is a `Job`: a module-level callable (it crosses the process boundary by reference) and its
 arguments. When it takes a ``timer`` keyword (the demo's stage functions do) it gets a fresh `Timer`
@@ -56,6 +57,8 @@ class JobResult:
 
 _SIBLING_DONE = None
 """In a child: the event the parent sets when another stage of the group has ended."""
+_TOTAL_THREADS = 0
+"""In a child: the threads of the whole group (what the stage left may take)."""
 
 
 def _init_child(event) -> None:
@@ -63,29 +66,30 @@ def _init_child(event) -> None:
     _SIBLING_DONE = event
 
 
-def _take_freed_cores(total: int) -> None:
-    """Before each timed step of a child: all `total` threads once a sibling stage has ended."""
+def take_freed_cores() -> None:
+    """In a side-by-side stage: all the group's threads once a sibling stage has ended (else nothing).
+    Called before each timed step, from the thread that computes (the thread count is that thread's)."""
     import torch
 
-    if _SIBLING_DONE is not None and _SIBLING_DONE.is_set() and torch.get_num_threads() < total:
-        torch.set_num_threads(total)
-        print(f"(a side-by-side stage ended: {total} threads from here on)", flush=True)
+    if _SIBLING_DONE is not None and _SIBLING_DONE.is_set() and torch.get_num_threads() < _TOTAL_THREADS:
+        torch.set_num_threads(_TOTAL_THREADS)
+        print(f"(a side-by-side stage ended: {_TOTAL_THREADS} threads from here on)", flush=True)
 
 
 def _run_job(job: Job, log: str, threads: int, total: int) -> tuple[Any, dict[str, float], float]:
     """In the child: `threads` intra-op threads (`total` once a sibling ends), stdout/stderr to `log`."""
-    import functools
-
     import torch
 
     from unifashion.demo.timer import Timer
 
+    global _TOTAL_THREADS
+    _TOTAL_THREADS = total
     torch.set_num_threads(threads)
     with open(log, "w", buffering=1, encoding="utf-8") as f:
         os.dup2(f.fileno(), 1)  # the file descriptors too: C extensions and tqdm write there
         os.dup2(f.fileno(), 2)
         sys.stdout = sys.stderr = f
-        timer = Timer(before_each=functools.partial(_take_freed_cores, total))
+        timer = Timer(before_each=take_freed_cores)
         kwargs = dict(job.kwargs)
         if "timer" in inspect.signature(job.fn).parameters:
             kwargs["timer"] = timer
@@ -96,8 +100,21 @@ def _run_job(job: Job, log: str, threads: int, total: int) -> tuple[Any, dict[st
     return value, timer.times, wall
 
 
+def current_step(log: Path) -> str:
+    """The step a stage is in: the last ``=== <step> ===`` line of its log ("running" for a log without one,
+    "starting" for an empty or missing log)."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return "starting"
+    for line in reversed(lines):
+        if line.startswith("=== ") and line.endswith(" ==="):
+            return line[4:-4]
+    return "running" if lines else "starting"
+
+
 def run_side_by_side(jobs: Mapping[str, Job], log_dir: str | Path, threads: int = 1,
-                     echo: bool = True) -> dict[str, JobResult]:
+                     echo: bool = True, heartbeat_s: float = 30.0) -> dict[str, JobResult]:
     """Runs `jobs` at once, each in its own process with `threads` intra-op threads.
 
     Args:
@@ -105,6 +122,7 @@ def run_side_by_side(jobs: Mapping[str, Job], log_dir: str | Path, threads: int 
         log_dir: where ``<name>.log`` goes (created).
         threads: intra-op threads per stage.
         echo: print each log when all are done (in the order of `jobs`).
+        heartbeat_s: while they run, print every this many seconds the step each stage is in (0: never).
 
     Returns:
         stage name -> `JobResult`.
@@ -125,8 +143,16 @@ def run_side_by_side(jobs: Mapping[str, Job], log_dir: str | Path, threads: int 
     with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context, initializer=_init_child,
                              initargs=(sibling_done,)) as pool:
         futures = {name: pool.submit(_run_job, job, str(logs[name]), threads, total) for name, job in jobs.items()}
-        wait(futures.values(), return_when=FIRST_COMPLETED)
-        sibling_done.set()
+        start = time.perf_counter()
+        pending = set(futures.values())
+        while pending:  # a progress line every `heartbeat_s` until all are done
+            done, pending = wait(pending, timeout=heartbeat_s, return_when=FIRST_COMPLETED)
+            if done:
+                sibling_done.set()  # the stages left take the freed cores
+            if pending and heartbeat_s:
+                print(f"  [{time.perf_counter() - start:5.0f} s] "
+                      + "; ".join(f"{name}: {'done' if f.done() else current_step(logs[name])}"
+                                  for name, f in futures.items()), flush=True)
         for name, future in futures.items():
             try:
                 value, times, wall = future.result()

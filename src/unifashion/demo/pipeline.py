@@ -19,8 +19,9 @@ demo. The same configs run with `unifashion fit --config ...`; this file only ch
 leaves a stable checkpoint copy `<run dir>/<stage>.ckpt` for `unifashion eval`, the API and the notebooks.
 
 Stages that do not depend on each other run side by side, one CPU thread each (`demo.parallel`): the
-pretraining of the tiny LLM and VAE (the end of `data`) beside `retrieval`, `captioning` beside `generation`, `tryon` beside
-`design`; their logs go to `<run dir>/logs/<stage>.log` and are printed when both are done.
+pretraining of the tiny LLM and VAE (the end of `data`) beside `retrieval`, `captioning` beside
+`generation`, `tryon` beside `design`; when one of a pair ends, the other takes both cores from its next
+timed step. Their logs go to `<run dir>/logs/<stage>.log` and are printed when both are done.
 `unifashion demo --sequential` runs every stage in this process, one after the other.
 """
 
