@@ -119,10 +119,10 @@ def composed_outputs(model, data: Path, n: int = OUTPUT_ITEMS, generate: bool = 
     dm = FashionIQDataModule(root=str(Path(data) / "fashioniq"), image_size=model.encoder.config.image_size)
     triplets = [t for cat in CATEGORIES for t in dm.triplets(cat, "val")][:n]
     pixels = torch.stack([dm.eval_transform(load_image(dm.images.path(t.candidate))) for t in triplets])
-    targets = torch.stack([dm.eval_transform(load_image(dm.images.path(t.target))) for t in triplets])
     texts = [eval_text(t.captions) for t in triplets]
     rows = [("", model.composed_queries(pixels, texts))]  # Z_R (n, Q, H)
     if controls:
+        targets = torch.stack([dm.eval_transform(load_image(dm.images.path(t.target))) for t in triplets])
         rows += [("reference_only/", model.image_queries(pixels)),  # (n, Q, H): the reference's own queries
                  ("target_only/", model.image_queries(targets))]  # the ceiling, the target's own queries
     out: dict[str, float] = {}

@@ -61,9 +61,9 @@ _TOTAL_THREADS = 0
 """In a child: the threads of the whole group (what the stage left may take)."""
 
 
-def _init_child(event) -> None:
-    global _SIBLING_DONE
-    _SIBLING_DONE = event
+def _init_child(event, total: int) -> None:
+    global _SIBLING_DONE, _TOTAL_THREADS
+    _SIBLING_DONE, _TOTAL_THREADS = event, total
 
 
 def take_freed_cores() -> None:
@@ -76,14 +76,12 @@ def take_freed_cores() -> None:
         print(f"(a side-by-side stage ended: {_TOTAL_THREADS} threads from here on)", flush=True)
 
 
-def _run_job(job: Job, log: str, threads: int, total: int) -> tuple[Any, dict[str, float], float]:
-    """In the child: `threads` intra-op threads (`total` once a sibling ends), stdout/stderr to `log`."""
+def _run_job(job: Job, log: str, threads: int) -> tuple[Any, dict[str, float], float]:
+    """In the child: `threads` intra-op threads (the group's once a sibling ends), stdout/stderr to `log`."""
     import torch
 
     from unifashion.demo.timer import Timer
 
-    global _TOTAL_THREADS
-    _TOTAL_THREADS = total
     torch.set_num_threads(threads)
     with open(log, "w", buffering=1, encoding="utf-8") as f:
         os.dup2(f.fileno(), 1)  # the file descriptors too: C extensions and tqdm write there
@@ -137,12 +135,11 @@ def run_side_by_side(jobs: Mapping[str, Job], log_dir: str | Path, threads: int 
           + ", ".join(str(p) for p in logs.values()), flush=True)
     context = multiprocessing.get_context("spawn")
     sibling_done = context.Event()
-    total = threads * len(jobs)
     results: dict[str, JobResult] = {}
     failed: list[tuple[str, BaseException]] = []
     with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context, initializer=_init_child,
-                             initargs=(sibling_done,)) as pool:
-        futures = {name: pool.submit(_run_job, job, str(logs[name]), threads, total) for name, job in jobs.items()}
+                             initargs=(sibling_done, threads * len(jobs))) as pool:
+        futures = {name: pool.submit(_run_job, job, str(logs[name]), threads) for name, job in jobs.items()}
         start = time.perf_counter()
         pending = set(futures.values())
         while pending:  # a progress line every `heartbeat_s` until all are done

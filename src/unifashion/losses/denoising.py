@@ -50,12 +50,11 @@ def min_snr_weights(scheduler, timesteps: Tensor, gamma: float) -> Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
     Strategy", eq. 11), float32 (B,).
 
-    The weight of the noise-space loss is min(SNR_t, gamma) / SNR_t; in the other parameterisations the
-    same weighting reads min(SNR_t, gamma) / SNR_t for an epsilon target and min(SNR_t, gamma) / (SNR_t + 1)
-    for a velocity target (the MSE of v is (SNR_t + 1) times that of x_0 over SNR_t, diffusers'
-    `train_text_to_image.py --snr_gamma`). It caps the weight of the nearly clean, low-noise steps, whose
-    easy gradients otherwise dominate and conflict with the high-noise steps where the global layout and
-    colour are decided.
+    The paper weights the x_0-space error by min(SNR_t, gamma). The epsilon error is SNR_t times the x_0
+    error and the velocity error (SNR_t + 1) times, so the weights of those targets are min(SNR_t, gamma) /
+    SNR_t and min(SNR_t, gamma) / (SNR_t + 1) (diffusers' `train_text_to_image.py --snr_gamma`). This caps
+    the nearly clean, low-noise steps; under v-prediction it also lowers the high-noise steps (weight ~SNR_t
+    there), where the demo's colour is decided, and it did not help the tiny generator (bench/RESULTS.md).
     """
     s = snr(scheduler, timesteps)  # (B,)
     capped = torch.clamp(s, max=gamma)  # (B,)

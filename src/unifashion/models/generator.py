@@ -548,7 +548,8 @@ class Generator(nn.Module):
         """VAE-encode images in [-1, 1] (B, 3, H, W) to scaled latents (B, C, H/f, W/f) (pixel space: identity).
 
         Scaled = z * scaling_factor (SD-1.x), or (z - latents_mean) * scaling_factor / latents_std per channel
-        when the VAE config lists those statistics (the SD-XL-family convention; the tiny VAE's do).
+        when the VAE config lists those statistics (the SD-XL-family convention; SD-1.x's VAE and the tiny
+        VAE of `data synth` list none and use the global scale).
         """
         if self.vae is None:
             return images.to(self.unet.dtype)  # (B, 3, H, W)
