@@ -97,3 +97,27 @@ def test_progress_lines_name_each_stage_s_current_step(tmp_path, capsys):
     assert current_step(tmp_path / "missing.log") == "starting"
     (tmp_path / "plain.log").write_text("no step yet\n")
     assert current_step(tmp_path / "plain.log") == "running"
+
+
+def test_the_captioning_job_takes_the_work_off_the_critical_path(tmp_path):
+    """With a captioning stage in the run, its job pretrains the tiny LLM and evaluates retrieval and the
+    untrained generator (beside generation's training); without one, each stage does its own part."""
+    from unifashion.demo.generation import generation_stage
+    from unifashion.demo.pipeline import STAGES, _stage_job, captioning_job, retrieval_stage
+    from unifashion.models.tiny_assets import pretrain_tiny_parts
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    demo = {n: _stage_job(n, data, run, STAGES) for n in ("data_pretrained", "retrieval", "captioning", "generation")}
+    assert demo["captioning"].fn is captioning_job
+    assert demo["captioning"].kwargs == {"gallery_captions": True, "generation_baseline": True, "retrieval_eval": True}
+    assert demo["retrieval"].fn is retrieval_stage and demo["retrieval"].kwargs == {"evaluate": False}
+    assert demo["generation"].fn is generation_stage and demo["generation"].kwargs["baseline"] is False
+    assert demo["data_pretrained"].fn is pretrain_tiny_parts
+    assert demo["data_pretrained"].args == (data, 0, None)  # the VAE only: the captioning job pretrains the LLM
+
+    alone = ("data", "retrieval", "generation")
+    assert _stage_job("retrieval", data, run, alone).kwargs == {"evaluate": True}
+    assert _stage_job("generation", data, run, alone).kwargs["baseline"] is True
+    assert _stage_job("data_pretrained", data, run, alone).args[1] > 0  # the LLM too, with no captioning job
+    no_composed = _stage_job("captioning", data, run, ("retrieval", "captioning"))
+    assert no_composed.kwargs == {"gallery_captions": False, "generation_baseline": False, "retrieval_eval": True}

@@ -170,3 +170,35 @@ def test_finetune_tryon_step(tmp_path):
     assert "generator.unet.conv_in.weight" in moved and "generator.image_adapter.weight" in moved
     assert not any(k.startswith("generator.unet.") and not k.startswith("generator.unet.conv_in") for k in moved)
     assert not any(k.startswith("encoder.model.vision_model.") for k in moved)
+
+
+def _fit_latent(dirs, tmp_path, cache: int) -> UniFashionModule:
+    """Six latent-diffusion steps (tiny VAE) of the generation phase, with or without the frozen-part caches."""
+    root, tok = dirs
+    L.seed_everything(0)
+    retrieval = UniFashionModule(encoder_config(tok))
+    tmp_path.mkdir(parents=True)
+    init = tmp_path / "retrieval.ckpt"
+    torch.save({"state_dict": retrieval.state_dict()}, init)
+    gen = {**GEN, "pixel_space": False, "height": 16, "width": 16, "vae_block_out_channels": (8, 16),
+           "norm_num_groups": 8, "posterior_cache_size": cache}
+    L.seed_everything(0)
+    model = UniFashionModule(encoder_config(tok), generator=gen, phase="phase1_image_generation",
+                             init_from=str(init), optimizer=OptimizerConfig(lr=1e-3), query_cache_size=cache)
+    dm = FashionGenDataModule(root=str(root / "fashiongen"), batch_size=4, image_size=16)
+    trainer = L.Trainer(max_steps=6, max_epochs=100, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path, limit_val_batches=0, enable_model_summary=False,
+                        enable_checkpointing=False)
+    trainer.fit(model, dm)
+    return model
+
+
+def test_generation_fit_with_query_and_posterior_caches_equals_fit_without(dirs, tmp_path):
+    plain = _fit_latent(dirs, tmp_path / "plain", cache=0)
+    cached = _fit_latent(dirs, tmp_path / "cached", cache=100)
+    # the fixture's training rows come round again within six steps of 4: both caches were read
+    assert cached.generator.posterior_cache.hits > 0 and cached.query_cache.hits > 0
+    assert len(cached.generator.posterior_cache) == cached.generator.posterior_cache.misses
+    trained = {k: v for k, v in plain.generator.state_dict().items() if k.startswith(("unet.", "image_adapter"))}
+    for k, v in trained.items():
+        torch.testing.assert_close(cached.generator.state_dict()[k], v, msg=lambda m, k=k: f"{k}: {m}")

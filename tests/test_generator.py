@@ -296,7 +296,7 @@ def test_noise_offset_adds_one_constant_per_item_and_channel():
     torch.manual_seed(7)
     with torch.no_grad():
         lat = gen.vae.encode(img).latent_dist.sample()  # (2, 4, 8, 8)
-    eps = torch.randn_like(lat)
+    eps = torch.randn(lat.shape)  # (2, 4, 8, 8) in plain order (the generator makes its latents contiguous)
     offset = torch.randn(2, 4)
     hand = eps + 0.3 * offset[:, :, None, None]  # (2, 4, 8, 8)
     torch.manual_seed(7)
@@ -377,3 +377,43 @@ def test_generator_passes_snr_gamma_to_the_loss():
     torch.testing.assert_close(weighted.detach(), (w * per_item).mean(), rtol=1e-4, atol=1e-6)
     torch.manual_seed(5)
     assert not torch.allclose(plain.denoise_loss(q, img, noise=noise, timesteps=t)["denoise"], weighted)
+
+
+def test_posterior_cache_draws_from_the_vaes_own_posterior_and_encodes_each_image_once():
+    torch.manual_seed(0)
+    gen = Generator(tiny(posterior_cache_size=8), query_dim=HQ).eval()
+    images = torch.rand(3, 3, S, S, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    calls = []
+    encode = gen.vae.encode
+    gen.vae.encode = lambda x: calls.append(x.shape[0]) or encode(x)
+    torch.manual_seed(5)
+    reference = gen.encode_images(images)  # (3, C, h, w): the VAE's posterior, sampled
+    torch.manual_seed(5)
+    first = gen.encode_images(images, cached=True)  # computes and stores the three posteriors
+    torch.manual_seed(5)
+    again = gen.encode_images(images[[2, 0, 1]], cached=True)  # read back, in another order
+    torch.testing.assert_close(first, reference, rtol=0, atol=0)
+    assert calls == [3, 3]  # the uncached call and the first cached one; nothing for the third
+    assert (gen.posterior_cache.hits, gen.posterior_cache.misses) == (3, 3)
+    # same noise draw, rows permuted: the mean and std of each image came back with it
+    torch.manual_seed(5)
+    noise = torch.randn(reference.shape)  # as diffusers' sampler draws (randn_like would follow a view's strides)
+    posterior = encode(images).latent_dist
+    mean = posterior.mean * gen.vae.config.scaling_factor
+    std = posterior.std * gen.vae.config.scaling_factor
+    torch.testing.assert_close(again, mean[[2, 0, 1]] + std[[2, 0, 1]] * noise, rtol=1e-5, atol=1e-6)
+    # the denoising loss with the cache equals the loss without it (same draws)
+    plain = Generator(tiny(), query_dim=HQ).eval()
+    plain.load_state_dict(gen.state_dict())
+    q = torch.randn(3, Q, HQ, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([10, 500, 990])
+    losses = []
+    for g in (gen, plain):
+        torch.manual_seed(7)
+        losses.append(g.denoise_loss(q, images, timesteps=t)["denoise"])
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_posterior_cache_size_must_not_be_negative():
+    with pytest.raises(ValueError, match="posterior_cache_size"):
+        tiny(posterior_cache_size=-1)

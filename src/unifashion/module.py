@@ -24,7 +24,7 @@ from unifashion.data.batch import PAIRS, TRIPLETS, TRYON
 from unifashion.data.transforms import denormalize
 from unifashion.losses import distributed
 from unifashion.losses.composed_contrastive import ComposedItcLoss, ids_from_strings
-from unifashion.losses.composed_matching import ComposedItmLoss, ComposedNegatives
+from unifashion.losses.composed_matching import ComposedItmLoss, ComposedNegatives, ComposedQueries
 from unifashion.losses.contrastive import ItcLoss
 from unifashion.losses.matching import ItmLoss
 from unifashion.models.captioner import Captioner, CaptionerConfig
@@ -60,6 +60,11 @@ class UniFashionModule(L.LightningModule):
             the composed ITC similarities, as phase 1's ITM and LAVIS), "random" (uniform over the
             batch's other targets and texts) or "reference" (the text's own reference image, which does
             not show what the text asks for, and a uniform other text): losses/composed_matching.py.
+        cir_itm_queries: what the composed ITM matches against the target: "text" (the modifying text
+            alone with the learnable queries, eq. 10 literally; ill-posed for relative texts such as "is
+            longer", which need the reference image) or "composed" (the composed query: Z_R of `fuse`
+            in place of the learnable queries, with the text; the loss then trains the fusion through
+            Z_R; under DDP its negative queries come from the local batch): losses/composed_matching.py.
         init_from: a checkpoint of an earlier phase whose weights are loaded before training
             (e.g. the phase1_retrieval checkpoint for phase1_generative).
         save_trainable_only: checkpoints keep only trained parameters and the parameters of
@@ -85,6 +90,7 @@ class UniFashionModule(L.LightningModule):
         itm_max_pairs: int | None = None,
         itm_trains_vision: bool = True,
         cir_itm_negatives: ComposedNegatives = "hard",
+        cir_itm_queries: ComposedQueries = "text",
         init_from: str | None = None,
         save_trainable_only: bool = True,
         query_cache_size: int = 0,
@@ -128,6 +134,9 @@ class UniFashionModule(L.LightningModule):
         if cir_itm_negatives not in ("hard", "random", "reference"):
             raise ValueError(f"cir_itm_negatives must be 'hard', 'random' or 'reference', got {cir_itm_negatives!r}")
         self.cir_itm_negatives = cir_itm_negatives
+        if cir_itm_queries not in ("text", "composed"):
+            raise ValueError(f"cir_itm_queries must be 'text' or 'composed', got {cir_itm_queries!r}")
+        self.cir_itm_queries = cir_itm_queries
         if init_from:
             self.load_weights(init_from)
         self.trainable_counts = apply_freeze_policy(
@@ -284,8 +293,9 @@ class UniFashionModule(L.LightningModule):
         Reference image + modifying text -> Z_R (B, Q, H) and e_cls (B, E) (`MultimodalEncoder.fuse`,
         bi-directional mask, eq. 9); target image -> Z_T (queries only); target caption -> Z_C (text
         only, [CLS]). ``cir_itc_img`` = ITC(e_cls, Z_T), ``cir_itc_cap`` = ITC(e_cls, Z_C), ``cir_itm`` =
-        ITM(t, Z_T) (eq. 10); ``itg``: the target's caption from Z_R through the frozen LLM (eq. 11);
-        ``denoise``: the target image from Z_R through the frozen UNet (eq. 12).
+        ITM(t, Z_T) (eq. 10; with ``cir_itm_queries="composed"`` the ITM pass's queries are Z_R, beside t);
+        ``itg``: the target's caption from Z_R through the frozen LLM (eq. 11); ``denoise``: the target
+        image from Z_R through the frozen UNet (eq. 12).
         """
         w = self.loss_weights
         need = {k for k in ("cir_itc_img", "cir_itc_cap", "cir_itm", "itg", "denoise") if w.get(k, 0) > 0}
@@ -312,7 +322,8 @@ class UniFashionModule(L.LightningModule):
                 terms.update(ComposedItmLoss(self.itm_loss.max_pairs).composed(
                     enc, target.vision_embeds, batch["input_ids"], batch["attention_mask"], itc_img, target_ids,
                     pad_token_id=enc.tokenizer.pad_token_id or 0, negatives=self.cir_itm_negatives,
-                    reference_vision_embeds=reference,
+                    reference_vision_embeds=reference, queries=self.cir_itm_queries,
+                    composed_queries=z_r if self.cir_itm_queries == "composed" else None,  # (B, Q, H), with grad
                 ))
         if "cir_itc_cap" in need:  # eq. 10, second term
             caption = enc.tokenize(list(batch["target_caption"]))
@@ -389,6 +400,8 @@ class UniFashionModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.query_cache.clear()  # the encoder's weights may have changed since the last fit
+        if self.generator is not None:
+            self.generator.posterior_cache.clear()  # so may the VAE's (a checkpoint loaded in between)
 
     def on_train_epoch_start(self) -> None:
         # Lightning restores the per-module modes it captured at fit start (not `self.train()`), so a
@@ -404,6 +417,8 @@ class UniFashionModule(L.LightningModule):
             self.log("train/items_per_s", getattr(self, "_n_items", 0) / max(dt, 1e-9), on_step=True)
         if self.query_cache.max_items:
             self.log("train/query_cache_hits", float(self.query_cache.hits), on_step=True)
+        if self.generator is not None and self.generator.posterior_cache.max_items:
+            self.log("train/posterior_cache_hits", float(self.generator.posterior_cache.hits), on_step=True)
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         # Exact on any number of processes: each process gets whole single-process batches

@@ -8,14 +8,15 @@ DPM-Solver++ sampling), with the tiny VAE that `unifashion data synth` pretrains
 `generator.vae`) and the Q-Former of the phase1_retrieval checkpoint (`init_from`; frozen in this
 phase). 64 x 64 images (the FashionGen originals are square: aspect kept) -> 16 x 16 x 4 latents.
 
-It evaluates the untrained generator (keys prefixed `baseline/`), trains L_q2I (eq. 7) and evaluates
-again, on the first view of the solid-colour validation products (`evaluate_generation`):
+It evaluates the untrained generator (keys prefixed `baseline/`; `generation_baseline` does that part on
+its own, which `make demo` runs beside the training), trains L_q2I (eq. 7) and evaluates again, on the first view of the solid-colour validation products (`evaluate_generation`):
 FID-proxy / KID-proxy against the real images at the generator's resolution, and the controllability
 checks of `tasks/fig/controllability.py` (colour in the garment region, garment type, sleeve), for the
 generated images and for the real ones (the ceiling, keys `fig/fashiongen/real/...`).
 
 Outputs under `<run dir>/generation/`: `checkpoints/last.ckpt`, `logs/`, `baseline/unpaired/*.jpg`,
-`generated/unpaired/*.jpg`, `baseline_grid.png` and `grid.png` (rows: the condition image the
+`generated/unpaired/*.jpg`, `baseline_grid.png` (under `<run dir>/generation_baseline/` when
+`generation_baseline` ran it) and `grid.png` (rows: the condition image the
 encoder sees, the generated garment, the real image at the generator's resolution).
 """
 
@@ -190,6 +191,7 @@ def generation_stage(
     config: Callable[[str], Path],
     eval_settings: GenerationEval | None = None,
     extra_args: list[str] | None = None,
+    baseline: bool = True,
 ) -> dict[str, float]:
     """Train and evaluate the tiny generator; returns the `fig/...` metrics (and `baseline/fig/...`).
 
@@ -202,10 +204,33 @@ def generation_stage(
         config: `demo._config(name)` -> path of a tiny config.
         eval_settings: evaluation settings (default `GenerationEval()`).
         extra_args: further CLI overrides (e.g. `["--trainer.max_steps", "10"]`).
+        baseline: also evaluate the untrained generator first (`make demo` runs that part,
+            `generation_baseline`, in the job beside this one instead).
 
     Raises:
         FileNotFoundError: if `retrieval_ckpt` or the tiny VAE does not exist.
     """
+    ev = eval_settings or GenerationEval()
+    out = Path(run_dir) / "generation"
+    cli = _generation_cli(data, out, retrieval_ckpt, build_cli, config, extra_args)
+    model = cli.model
+
+    def evaluate(prefix: str, folder: str, grid: str) -> dict[str, float]:
+        return evaluate_generation(model, Path(data), out / folder, prefix=prefix, settings=ev, grid_path=out / grid)
+
+    metrics: dict[str, float] = {}
+    if baseline:
+        metrics |= timer.run("eval_baseline_fig", lambda: evaluate("baseline/", "baseline", "baseline_grid.png"))
+    timer.run("train_generation", lambda: cli.trainer.fit(model, cli.datamodule))
+    metrics |= timer.run("eval_fig", lambda: evaluate("", "generated", "grid.png"))
+    print(f"generation: {cli.trainer.global_step} training steps; grid: {out / 'grid.png'} "
+          "(rows: condition, generated, real)")
+    return metrics
+
+
+def _generation_cli(data: Path, out: Path, retrieval_ckpt: Path, build_cli: Callable,
+                    config: Callable[[str], Path], extra_args: list[str] | None = None):
+    """The un-run LightningCLI of the generation stage (its model seeded and initialised, not trained)."""
     retrieval_ckpt = Path(retrieval_ckpt)
     if not retrieval_ckpt.is_file():
         raise FileNotFoundError(f"generation stage: retrieval checkpoint {retrieval_ckpt} not found "
@@ -214,20 +239,27 @@ def generation_stage(
     if not (vae / "config.json").is_file():
         raise FileNotFoundError(f"generation stage: no tiny VAE at {vae} (written by `unifashion data synth`; "
                                 "models/tiny_autoencoder.py)")
-    ev = eval_settings or GenerationEval()
-    out = Path(run_dir) / "generation"
-    cli = build_cli(config(CONFIG_NAME), out, Path(data),
-                    ["--data.init_args.root", str(Path(data) / "fashiongen"),
-                     "--model.generator.vae", str(vae),
-                     "--model.init_from", str(retrieval_ckpt), *(extra_args or [])])
-    model = cli.model
+    return build_cli(config(CONFIG_NAME), out, Path(data),
+                     ["--data.init_args.root", str(Path(data) / "fashiongen"),
+                      "--model.generator.vae", str(vae),
+                      "--model.init_from", str(retrieval_ckpt), *(extra_args or [])])
 
-    def evaluate(prefix: str, folder: str, grid: str) -> dict[str, float]:
-        return evaluate_generation(model, Path(data), out / folder, prefix=prefix, settings=ev, grid_path=out / grid)
 
-    metrics = timer.run("eval_baseline_fig", lambda: evaluate("baseline/", "baseline", "baseline_grid.png"))
-    timer.run("train_generation", lambda: cli.trainer.fit(model, cli.datamodule))
-    metrics |= timer.run("eval_fig", lambda: evaluate("", "generated", "grid.png"))
-    print(f"generation: {cli.trainer.global_step} training steps; grid: {out / 'grid.png'} "
-          "(rows: condition, generated, real)")
-    return metrics
+def generation_baseline(
+    data: Path,
+    run_dir: Path,
+    retrieval_ckpt: Path,
+    timer,
+    build_cli: Callable,
+    config: Callable[[str], Path],
+    eval_settings: GenerationEval | None = None,
+) -> dict[str, float]:
+    """The untrained generator's `baseline/fig/...` metrics (and the real / VAE ceilings), as
+    `generation_stage(baseline=True)` computes them before training: the same config and seed build the
+    same untrained model, so `make demo` runs this beside the training instead of before it.
+    Writes `<run dir>/generation_baseline/` (its images and `baseline_grid.png`)."""
+    out = Path(run_dir) / "generation_baseline"
+    cli = _generation_cli(data, out, retrieval_ckpt, build_cli, config)
+    return timer.run("eval_baseline_fig", lambda: evaluate_generation(
+        cli.model, Path(data), out / "baseline", prefix="baseline/", settings=eval_settings or GenerationEval(),
+        grid_path=out / "baseline_grid.png"))

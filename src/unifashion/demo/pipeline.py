@@ -20,8 +20,9 @@ leaves a stable checkpoint copy `<run dir>/<stage>.ckpt` for `unifashion eval`, 
 
 Stages that do not depend on each other run side by side, one CPU thread each (`demo.parallel`): the
 pretraining of the tiny LLM and VAE (the end of `data`) beside `retrieval`, `captioning` beside
-`generation`, `tryon` beside `design`; when one of a pair ends, the other takes both cores from its next
-timed step. Their logs go to `<run dir>/logs/<stage>.log` and are printed when both are done.
+`generation` (the captioning job also writes the composed stage's gallery captions and evaluates the
+untrained generator, so that generation's job only trains and evaluates), `tryon` beside `design`; when
+one of a pair ends, the other takes both cores from its next timed step. Their logs go to `<run dir>/logs/<stage>.log` and are printed when both are done.
 `unifashion demo --sequential` runs every stage in this process, one after the other.
 """
 
@@ -105,10 +106,11 @@ def _keep_last(stage_dir: Path, out: Path) -> Path:
     return out
 
 
-def retrieval_stage(data: Path, run_dir: Path, timer: Timer) -> dict[str, float]:
+def retrieval_stage(data: Path, run_dir: Path, timer: Timer, evaluate: bool = True) -> dict[str, float]:
     """The retrieval stage: the tiny model of phase1_retrieval.yaml evaluated untrained (`baseline/` keys),
-    trained, evaluated again (ITM re-ranking of the ITC top-k included), its loss summary; the stage's last
-    checkpoint is copied to ``<run dir>/retrieval.ckpt``."""
+    trained, evaluated again (`retrieval_evaluation`; with `evaluate` False the caller runs that later, as
+    `make demo` does beside the generation stage), its loss summary; the stage's last checkpoint is copied
+    to ``<run dir>/retrieval.ckpt``."""
     from unifashion.api import UniFashion
     from unifashion.tasks.cmr.evaluate import run_cmr
 
@@ -118,54 +120,85 @@ def retrieval_stage(data: Path, run_dir: Path, timer: Timer) -> dict[str, float]
     metrics = timer.run("eval_baseline_cmr", lambda: run_cmr(model, data, prefix="baseline/"))
     timer.run("train_retrieval", lambda: cli.trainer.fit(cli.model, cli.datamodule))
     metrics |= loss_summary(run_dir / "retrieval", "retrieval")
-    metrics |= timer.run("eval_cmr", lambda: run_cmr(model, data, rerank_k=RERANK_K))
     shutil.copyfile(cli.trainer.checkpoint_callback.last_model_path, run_dir / "retrieval.ckpt")
     print(f"retrieval checkpoint: {run_dir / 'retrieval.ckpt'}")
+    if evaluate:
+        metrics |= timer.run("eval_cmr", lambda: run_cmr(model, data, rerank_k=RERANK_K))
     return metrics
 
 
-def captioning_and_gallery_captions(data: Path, run_dir: Path, timer: Timer) -> dict[str, float]:
-    """The captioning stage, then (for the composed stage) its captioner writes the gallery captions
-    (`demo.composed.write_gallery_captions`): both beside the generation stage, off the critical path."""
+def retrieval_evaluation(data: Path, run_dir: Path, timer: Timer) -> dict[str, float]:
+    """The trained retrieval model's evaluation (`cmr/...`, ITM re-ranking of the ITC top-k included), read
+    from ``<run dir>/retrieval.ckpt``."""
+    from unifashion.api import UniFashion
+    from unifashion.tasks.cmr.evaluate import run_cmr
+
+    model = UniFashion.from_checkpoint(run_dir / "retrieval.ckpt", device="cpu", show_progress=False)
+    return timer.run("eval_cmr", lambda: run_cmr(model, data, rerank_k=RERANK_K))
+
+
+def captioning_job(data: Path, run_dir: Path, timer: Timer, gallery_captions: bool = False,
+                   generation_baseline: bool = False, retrieval_eval: bool = False) -> dict[str, float]:
+    """The captioning stage and what `make demo` runs beside the generation stage's training (the longest
+    side-by-side stage, so this is off the critical path): the tiny caption LLM's pretraining when it is
+    missing, the captioning stage, then with `gallery_captions` the composed stage's gallery captions
+    (`demo.composed.write_gallery_captions`), with `generation_baseline` the untrained generator's
+    evaluation (`demo.generation.generation_baseline`) and with `retrieval_eval` the trained retrieval
+    model's (`retrieval_evaluation`)."""
     from unifashion.demo.captioning import captioning_stage
     from unifashion.demo.composed import write_gallery_captions
+    from unifashion.demo.generation import generation_baseline as evaluate_untrained_generator
+    from unifashion.models.tiny_assets import TINY_LLM_DIR, pretrain_tiny_parts
 
+    if not (data / TINY_LLM_DIR / "config.json").is_file():
+        timer.run("pretrain_llm", lambda: pretrain_tiny_parts(data, LM_STEPS, vae_steps=0))
     metrics = captioning_stage(data, run_dir, run_dir / "retrieval.ckpt", timer, build_cli, _config)
-    write_gallery_captions(data, run_dir, _keep_last(run_dir / "captioning", run_dir / "captioning.ckpt"), timer)
+    if gallery_captions:
+        write_gallery_captions(data, run_dir, _keep_last(run_dir / "captioning", run_dir / "captioning.ckpt"), timer)
+    if generation_baseline:
+        metrics |= evaluate_untrained_generator(data, run_dir, run_dir / "retrieval.ckpt", timer, build_cli, _config)
+    if retrieval_eval:
+        metrics |= retrieval_evaluation(data, run_dir, timer)
     return metrics
 
 
-def _stage_job(name: str, data: Path, run_dir: Path) -> Job:
-    """The `demo.parallel.Job` of a stage by name (`data_pretrained`: the tiny LLM and VAE that are missing)."""
-    from unifashion.demo.captioning import captioning_stage
+def _stage_job(name: str, data: Path, run_dir: Path, stages: tuple[str, ...]) -> Job:
+    """The `demo.parallel.Job` of a stage by name, in a run of `stages`. With a captioning stage in the run,
+    its job (`captioning_job`) also takes the work that would otherwise lengthen the critical path: the
+    tiny LLM's pretraining (not `data_pretrained`'s), retrieval's evaluation (not `retrieval`'s) and the
+    untrained generator's (not `generation`'s); `data_pretrained` pretrains the tiny parts that are missing."""
     from unifashion.demo.generation import generation_stage
     from unifashion.demo.tryon import tryon_stage
     from unifashion.models.tiny_assets import TINY_LLM_DIR, pretrain_tiny_parts
     from unifashion.models.tiny_autoencoder import TINY_VAE_DIR
 
     ckpt = run_dir / "retrieval.ckpt"
-    if name == "data_pretrained":  # whichever of the tiny LLM and VAE is missing
-        lm_steps = 0 if (data / TINY_LLM_DIR / "config.json").is_file() else LM_STEPS
+    captioning = "captioning" in stages
+    if name == "data_pretrained":  # whichever of the tiny LLM and VAE is missing (the LLM: unless captioning does it)
+        lm_steps = 0 if captioning or (data / TINY_LLM_DIR / "config.json").is_file() else LM_STEPS
         vae_steps = 0 if (data / TINY_VAE_DIR / "config.json").is_file() else None
         return Job(pretrain_tiny_parts, (data, lm_steps, vae_steps))
     return {
-        "captioning+gallery": Job(captioning_and_gallery_captions, (data, run_dir)),
-        "retrieval": Job(retrieval_stage, (data, run_dir)),
-        "captioning": Job(captioning_stage, (data, run_dir, ckpt), {"build_cli": build_cli, "config": _config}),
-        "generation": Job(generation_stage, (data, run_dir, ckpt), {"build_cli": build_cli, "config": _config}),
+        "retrieval": Job(retrieval_stage, (data, run_dir), {"evaluate": not captioning}),
+        "captioning": Job(captioning_job, (data, run_dir), {
+            "gallery_captions": "composed" in stages, "generation_baseline": "generation" in stages,
+            "retrieval_eval": "retrieval" in stages}),
+        "generation": Job(generation_stage, (data, run_dir, ckpt), {"build_cli": build_cli, "config": _config,
+                                                                    "baseline": not captioning}),
         "tryon": Job(tryon_stage, (data, run_dir, ckpt), {"build_cli": build_cli, "config": _config, "kind": "tryon"}),
         "design": Job(tryon_stage, (data, run_dir, ckpt), {"build_cli": build_cli, "config": _config,
                                                            "kind": "design"}),
     }[name]
 
 
-def _run_group(names: list[str], data: Path, run_dir: Path, timer: Timer, side_by_side: bool) -> dict[str, float]:
+def _run_group(names: list[str], data: Path, run_dir: Path, timer: Timer, side_by_side: bool,
+               stages: tuple[str, ...]) -> dict[str, float]:
     """Runs independent stages: side by side (one thread each, `demo.parallel`) when there are two and
     `side_by_side`, else one after the other in this process. Returns their merged metrics (the tiny
     parts' pretraining returns none)."""
     metrics: dict[str, float] = {}
     if side_by_side and len(names) > 1:
-        results = run_side_by_side({n: _stage_job(n, data, run_dir) for n in names}, run_dir / "logs")
+        results = run_side_by_side({n: _stage_job(n, data, run_dir, stages) for n in names}, run_dir / "logs")
         for name, result in results.items():
             timer.times |= result.times
             timer.times[f"time/{name}_s"] = round(result.wall_s, 2)
@@ -173,7 +206,7 @@ def _run_group(names: list[str], data: Path, run_dir: Path, timer: Timer, side_b
                 metrics |= result.value
         return metrics
     for name in names:
-        job = _stage_job(name, data, run_dir)
+        job = _stage_job(name, data, run_dir, stages)
         if name == "data_pretrained":
             timer.run(name, lambda job=job: job.fn(*job.args))
         else:
@@ -193,7 +226,7 @@ def run_demo(args) -> int:
     metrics: dict[str, float] = {}
     wall = time.perf_counter()
 
-    first: list[str] = []  # the tiny LLM and VAE (when missing) and the retrieval stage: independent
+    first: list[str] = []  # the tiny VAE (and LLM) when missing, and the retrieval stage: independent
     if "data" in stages:
         marker = data / "fashiongen" / "fashiongen_256_256_validation.h5"
         from unifashion.models.tiny_assets import TINY_LLM_DIR, synthesize
@@ -203,20 +236,23 @@ def run_demo(args) -> int:
             print(f"synthetic benchmark found at {data} (delete it to regenerate)")
         else:  # the tiny LLM and VAE are pretrained next, beside the retrieval stage
             timer.run("data", lambda: synthesize(data, seed=0, scale=args.scale, lm_steps=0, vae_steps=0))
-        if not all((data / d / "config.json").is_file() for d in (TINY_LLM_DIR, TINY_VAE_DIR)):
+        # the tiny LLM's pretraining moves to the captioning job when there is one (`_stage_job`)
+        missing = [d for d in (TINY_VAE_DIR, *(() if "captioning" in stages else (TINY_LLM_DIR,)))
+                   if not (data / d / "config.json").is_file()]
+        if missing:
             first.append("data_pretrained")
     if "retrieval" in stages:
         first.append("retrieval")
-    metrics |= _run_group(first, data, run_dir, timer, side_by_side)
+    metrics |= _run_group(first, data, run_dir, timer, side_by_side, stages)
     update_metrics_json(metrics_path, metrics | timer.times)
 
-    # captioning and generation both start from the retrieval checkpoint; so do try-on and design. With the
-    # composed stage to come, the captioner also writes the gallery captions at once (beside generation).
+    # captioning and generation both start from the retrieval checkpoint; so do try-on and design. The
+    # captioning job also does the work that need not wait (`captioning_job`): with the composed stage to
+    # come, the gallery captions are written at once.
     captions_written = "captioning" in stages and "composed" in stages
     for group in (("captioning", "generation"), ("tryon", "design")):
         names = [n for n in group if n in stages]
-        jobs = ["captioning+gallery" if n == "captioning" and captions_written else n for n in names]
-        metrics |= _run_group(jobs, data, run_dir, timer, side_by_side)
+        metrics |= _run_group(names, data, run_dir, timer, side_by_side, stages)
         for name in names:
             _keep_last(run_dir / name, run_dir / f"{name}.ckpt")
         if names:

@@ -477,10 +477,29 @@ class MultimodalEncoder(nn.Module):
         text_feat = F.normalize(self.model.text_projection(text_cls), dim=-1)  # (B, E)
         return TextEncoding(text_cls, text_feat)
 
+    def _check_queries(self, query_embeds: torch.Tensor, batch: int) -> None:
+        """Clear error for query embeddings that cannot stand in for the learnable queries."""
+        expected = (batch, *self.model.query_tokens.shape[1:])  # (B, Q, H)
+        if tuple(query_embeds.shape) != expected:
+            raise ValueError(
+                f"query_embeds must be (B, Q, H) = {expected} (the learnable queries' shape), "
+                f"got {tuple(query_embeds.shape)}"
+            )
+
     def _joint(
-        self, vision_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        vision_embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        query_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Bi-directional mode: queries and text attend to each other, queries cross-attend the image.
+
+        Args:
+            vision_embeds: (B, P, Hv) vision model outputs.
+            input_ids: (B, L) token ids; attention_mask: (B, L).
+            query_embeds: (B, Q, H) embeddings that take the place of the learnable queries (e.g. the
+                composed query Z_R of `fuse`, for the composed ITM); None: the learnable queries.
 
         Returns:
             (B, Q + L, H) Q-Former outputs (queries first).
@@ -491,7 +510,11 @@ class MultimodalEncoder(nn.Module):
                 f"vision_embeds batch {vision_embeds.shape[0]} != text batch {input_ids.shape[0]}"
             )
         batch, num_q = input_ids.shape[0], self.num_query_tokens
-        queries = self.model.query_tokens.expand(batch, -1, -1)  # (B, Q, H)
+        if query_embeds is None:
+            queries = self.model.query_tokens.expand(batch, -1, -1)  # (B, Q, H)
+        else:
+            self._check_queries(query_embeds, batch)
+            queries = query_embeds  # (B, Q, H)
         embeds = self.model.embeddings(input_ids=input_ids, query_embeds=queries)  # (B, Q+L, H)
         query_mask = torch.ones(batch, num_q, dtype=attention_mask.dtype, device=attention_mask.device)
         mask = torch.cat([query_mask, attention_mask], dim=1)  # (B, Q+L)
@@ -507,18 +530,24 @@ class MultimodalEncoder(nn.Module):
         ).last_hidden_state  # (B, Q+L, H)
 
     def itm_logits(
-        self, vision_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        vision_embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        query_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Image-text matching logits (eq. 4): ITM head averaged over the query positions.
 
         Args:
             vision_embeds: (B, P, Hv) vision model outputs.
             input_ids: (B, L) token ids; attention_mask: (B, L).
+            query_embeds: (B, Q, H) embeddings in place of the learnable queries (the composed ITM
+                passes Z_R: "does this image show the composed query?"); None: the learnable queries.
 
         Returns:
             (B, 2) logits, index 1 = "matches".
         """
-        hidden = self._joint(vision_embeds, input_ids, attention_mask)  # (B, Q+L, H)
+        hidden = self._joint(vision_embeds, input_ids, attention_mask, query_embeds)  # (B, Q+L, H)
         return self.model.itm_head(hidden[:, : self.num_query_tokens, :]).mean(dim=1)  # (B, 2)
 
     def fuse(
