@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 SYNTH ?= data/synthetic
 SCALE ?= small
 CKPT ?= runs/demo/composed.ckpt
-RUN_DIR ?= $(dir $(CKPT))
+RUN_DIR ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow test-all lint format demo demo-full ablation data bench eval-all clean
@@ -58,7 +58,7 @@ ablation: $(STAMP) ## Table 5's shape on the synthetic benchmark (after make dem
 	$(VENV)/bin/unifashion demo --data $(SYNTH) --run-dir runs/demo --stages ablation
 
 eval-all: $(STAMP) ## CMR, CIR, FIC and FIG on a checkpoint (default: the demo's phase-2 one): make eval-all [CKPT=...] [SYNTH=data root]
-	$(VENV)/bin/unifashion eval all --ckpt $(CKPT) --data $(SYNTH) --run-dir $(RUN_DIR)
+	$(VENV)/bin/unifashion eval all --ckpt $(CKPT) --data $(SYNTH) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 bench: $(STAMP) ## CPU benchmarks (bench/)
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -8,7 +8,7 @@ images at the generator's resolution, colour / garment-type / sleeve accuracy
 and the mean absolute pixel difference to the PLMS-50 image of the same seed (0-255 units: how far a
 faster solver lands from the paper's). Prints a Markdown table and one JSON object.
 
-    .venv/bin/python bench/bench_sampling_quality.py --ckpt runs/demo/generation/checkpoints/last.ckpt \
+    .venv/bin/python bench/bench_sampling_quality.py --ckpt runs/demo/generation.ckpt \
         --data data/synthetic [--items 64] [--threads 2]
 """
 
@@ -29,7 +29,7 @@ SAMPLERS = (("pndm", 50), ("dpmsolver++", 20), ("dpmsolver++", 10))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ckpt", default="runs/demo/generation/checkpoints/last.ckpt")
+    ap.add_argument("--ckpt", default="runs/demo/generation.ckpt")
     ap.add_argument("--data", default="data/synthetic", help="the synthetic root")
     ap.add_argument("--items", type=int, default=64, help="solid-colour validation products")
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's)")

@@ -64,7 +64,9 @@ def test_fit_with_the_tiny_config_then_eval(synth, tmp_path, capsys):
     shutil.copyfile(ckpts[0], ckpt)
     assert main(["eval", "cmr", "--ckpt", str(ckpt), "--data", str(synth), "--num-negatives", "10",
                  "--rerank-k", "3"]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # beside the checkpoint, in its own folder: a run directory's metrics.json is never overwritten
+    assert not (tmp_path / "metrics.json").exists()
+    metrics = json.loads((tmp_path / "eval_model" / "metrics.json").read_text())
     assert 0 <= metrics["cmr/fashiongen/sample100/mean/R"] <= 100
     assert "cmr/fashiongen/full/i2t/R@1" in metrics and "time/eval_cmr_s" in metrics
     # re-ranking only re-sorts each query's top 3: R@5 and R@10 cannot move, under either rule

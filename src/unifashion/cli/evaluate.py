@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     ev.add_argument("task", choices=(*TASKS, "all"))
     ev.add_argument("--ckpt", required=True)
     ev.add_argument("--data", required=True, help="synthetic root (with fashiongen/ ...) or a dataset root")
-    ev.add_argument("--run-dir", default=None, help="where metrics.json goes (default: the checkpoint's folder)")
+    ev.add_argument("--run-dir", default=None, help="where metrics.json (and the gallery captions it writes) go; default: "
+                    "eval_<checkpoint name>/ beside the checkpoint, so a run's own metrics.json is never overwritten")
     ev.add_argument("--protocols", nargs="+", default=["full", "sample100"])
     ev.add_argument("--num-queries", type=int, default=1000, help="sample100: queries per direction and repeat")
     ev.add_argument("--num-negatives", type=int, default=100, help="sample100: same-sub-category negatives")
@@ -91,7 +92,8 @@ def run(args) -> int:
 
     model = UniFashion.from_checkpoint(args.ckpt)
     print(f"checkpoint {args.ckpt}: {model.capabilities}")
-    run_dir = Path(args.run_dir) if args.run_dir else Path(args.ckpt).resolve().parent
+    ckpt = Path(args.ckpt).resolve()
+    run_dir = Path(args.run_dir) if args.run_dir else ckpt.parent / f"eval_{ckpt.stem}"
     metrics: dict[str, float] = {}
     for task in TASKS if args.task == "all" else (args.task,):
         start = time.perf_counter()
