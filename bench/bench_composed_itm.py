@@ -3,7 +3,9 @@
 On the first batches of the Fashion-IQ *training* triplets (a check of what the head learned to fit,
 so no validation data is read), the match probability of (modifying text, target image), of (text,
 its reference image) and of (another triplet's text, target image), and how often the first is the
-highest of each pair. A head at its prior gives 1/3 to every pair and ranks at chance.
+highest of each pair. A head at its prior gives 1/3 to every pair and ranks at chance. The pass is the
+checkpoint's own (`model.cir_itm_queries`): the text alone ("text"), or Z_R of the triplet's reference
+and text with the text ("composed"; the other triplet's pair then brings its own Z_R).
 
     python bench/bench_composed_itm.py runs/demo/composed.ckpt
     python bench/bench_composed_itm.py CKPT --root data/synthetic/fashioniq --batches 6 \
@@ -34,6 +36,7 @@ def main() -> None:
 
     module = UniFashionModule.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
     enc = module.encoder
+    composed = getattr(module, "cir_itm_queries", "text") == "composed"
     dm = FashionIQDataModule(
         root=args.root,
         batch_size=args.batch_size,
@@ -54,14 +57,18 @@ def main() -> None:
             ids, mask = batch["input_ids"], batch["attention_mask"]  # (B, L)
             shifted = torch.roll(torch.arange(ids.shape[0]), 1)  # another triplet's text for each target
 
-            def p_match(vision: torch.Tensor, ids_: torch.Tensor, mask_: torch.Tensor) -> torch.Tensor:
-                return enc.itm_logits(vision, ids_, mask_).softmax(-1)[:, 1]  # (B,)
+            z_r = enc.fuse(reference, ids, mask)[0] if composed else None  # (B, Q, H) or None
 
-            pos.append(p_match(target, ids, mask))
-            ref.append(p_match(reference, ids, mask))
-            other.append(p_match(target, ids[shifted], mask[shifted]))
+            def p_match(vision: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+                queries = None if z_r is None else z_r[rows]  # (B, Q, H)
+                return enc.itm_logits(vision, ids[rows], mask[rows], query_embeds=queries).softmax(-1)[:, 1]  # (B,)
+
+            same = torch.arange(ids.shape[0])
+            pos.append(p_match(target, same))
+            ref.append(p_match(reference, same))
+            other.append(p_match(target, shifted))
     p, r, o = (torch.cat(x) for x in (pos, ref, other))  # (N,)
-    print(f"{p.numel()} training triplets of {args.ckpt}")
+    print(f"{p.numel()} training triplets of {args.ckpt} (composed ITM queries: {'Z_R' if composed else 'text'})")
     print(
         f"mean p(match): (text, target) {p.mean():.3f}  (text, reference) {r.mean():.3f}  "
         f"(other text, target) {o.mean():.3f}  [prior 1/3]"
