@@ -22,6 +22,13 @@ from unifashion.data.fashioniq import FashionIQDataModule
 from unifashion.module import UniFashionModule
 
 
+def p_match(enc, vision: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, z_r: torch.Tensor | None,
+            rows: torch.Tensor) -> torch.Tensor:
+    """(B,) match probability of the queries `rows` (their text, and their Z_R when given) with `vision` (B, P, Hv)."""
+    queries = None if z_r is None else z_r[rows]  # (B, Q, H)
+    return enc.itm_logits(vision, ids[rows], mask[rows], query_embeds=queries).softmax(-1)[:, 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt")
@@ -59,14 +66,10 @@ def main() -> None:
 
             z_r = enc.fuse(reference, ids, mask)[0] if composed else None  # (B, Q, H) or None
 
-            def p_match(vision: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-                queries = None if z_r is None else z_r[rows]  # (B, Q, H)
-                return enc.itm_logits(vision, ids[rows], mask[rows], query_embeds=queries).softmax(-1)[:, 1]  # (B,)
-
             same = torch.arange(ids.shape[0])
-            pos.append(p_match(target, same))
-            ref.append(p_match(reference, same))
-            other.append(p_match(target, shifted))
+            pos.append(p_match(enc, target, ids, mask, z_r, same))
+            ref.append(p_match(enc, reference, ids, mask, z_r, same))
+            other.append(p_match(enc, target, ids, mask, z_r, shifted))
     p, r, o = (torch.cat(x) for x in (pos, ref, other))  # (N,)
     print(f"{p.numel()} training triplets of {args.ckpt} (composed ITM queries: {'Z_R' if composed else 'text'})")
     print(
