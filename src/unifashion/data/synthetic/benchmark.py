@@ -135,7 +135,7 @@ def write_benchmark(out: Path, seed: int = 0, scale: Scale = "small",
         scale: "tiny", "small" or "medium" (see SCALES).
         datasets: which of "fashiongen", "fashion200k", "fashioniq", "vitonhd" to write.
         progress: show a tqdm progress bar (images, or persons for VITON-HD).
-        workers: processes rendering FashionGen (the bulk); the output bytes do not depend on it.
+        workers: processes rendering FashionGen and Fashion-IQ (the bulk); the output bytes do not depend on it.
 
     Returns:
         The Summary (print it).
@@ -156,7 +156,7 @@ def write_benchmark(out: Path, seed: int = 0, scale: Scale = "small",
     writers = {
         "fashiongen": lambda root, cb: fashiongen.write_fashiongen(root, spec.fashiongen, seed, cb, workers),
         "fashion200k": lambda root, cb: fashion200k.write_fashion200k(root, spec.fashion200k, seed, cb),
-        "fashioniq": lambda root, cb: fashioniq.write_fashioniq(root, spec.fashioniq, seed, cb),
+        "fashioniq": lambda root, cb: fashioniq.write_fashioniq(root, spec.fashioniq, seed, cb, workers),
         "vitonhd": lambda root, cb: vitonhd.write_vitonhd(root, spec.vitonhd, seed, cb),
     }
     subcats: set[str] = set()

@@ -25,6 +25,7 @@ toptee-val (and used there as candidates).
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,7 +153,16 @@ CAPTIONS_FILE = "next_llava.{split}.{cat}.caption.json"
 """Fashion-IQ-cap file name (UniFashion's released ``dataset/next_llava.{train,val}.{cat}.caption.json``)."""
 
 
-def write_fashioniq(root: Path, spec: FashionIQSpec, seed: int = 0, progress: Progress | None = None) -> dict:
+def _write_image(args: tuple[Garment, int, int, tuple[int, int], Path]) -> None:
+    """Render one product's image with its own seeded generator and save it as PNG."""
+    g, seed, pid, size_range, path = args
+    rng = rng_for(seed, "fashioniq", "image", pid)
+    h, w = (int(x) for x in rng.integers(size_range[0], size_range[1] + 1, size=2))
+    save_png(render_views(g, rng, 1, (h, w))[0], path)
+
+
+def write_fashioniq(root: Path, spec: FashionIQSpec, seed: int = 0, progress: Progress | None = None,
+                    workers: int = 1) -> dict:
     """Write captions, split files, images and the sidecar under ``<root>/fashionIQ_dataset``.
 
     Args:
@@ -160,6 +170,8 @@ def write_fashioniq(root: Path, spec: FashionIQSpec, seed: int = 0, progress: Pr
         spec: sizes.
         seed: generation seed.
         progress: called with the number of images written after each image.
+        workers: processes rendering and saving the images (each image has its own seeded generator, so
+            the bytes do not depend on it).
 
     Returns:
         Counts: {"<cat>/<split>/triplets", "<cat>/<split>/images", "images", "shared_val"}.
@@ -201,17 +213,19 @@ def write_fashioniq(root: Path, spec: FashionIQSpec, seed: int = 0, progress: Pr
         counts[f"{cat}/{split}/triplets"] = len(items)
         counts[f"{cat}/{split}/images"] = len(names)
     records = []
-    for pid, asin in asin_of.items():
-        g = garments[pid]
-        rng = rng_for(seed, "fashioniq", "image", pid)
-        h, w = (int(x) for x in rng.integers(spec.size[0], spec.size[1] + 1, size=2))
-        img = render_views(g, rng, 1, (h, w))[0]
-        path = f"images/{asin}.png"
-        save_png(img, base / path)
-        records.append(record("fashioniq", split_of[pid], path, g, 0, asin=asin,
-                              categories=list(dict.fromkeys(listed[pid]))))
-        if progress:
-            progress(1)
+    jobs = [(garments[pid], seed, pid, tuple(spec.size), base / f"images/{asin}.png") for pid, asin in asin_of.items()]
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        written = pool.imap(_write_image, jobs, chunksize=8) if pool else map(_write_image, jobs)
+        for (pid, asin), _ in zip(asin_of.items(), written):
+            records.append(record("fashioniq", split_of[pid], f"images/{asin}.png", garments[pid], 0, asin=asin,
+                                  categories=list(dict.fromkeys(listed[pid]))))
+            if progress:
+                progress(1)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
     write_jsonl(base / SIDECAR, records)
     counts["images"] = len(records)
     counts["shared_val"] = sum(1 for r in records if len(r["categories"]) > 1)
