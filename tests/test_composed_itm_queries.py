@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fixtures_data import write_fashioniq
+from test_generation_pipeline import GEN
 from tiny import tiny_encoder_config
 
 from unifashion.losses.composed_contrastive import ComposedItcLoss
@@ -19,9 +20,6 @@ from unifashion.models.encoder import MultimodalEncoder
 from unifashion.models.tokenizers import train_bpe_tokenizer, train_wordpiece_tokenizer
 
 TEXTS = ["is longer", "has shorter sleeves", "is darker and red", "is blue with flowers", "is plain no logo"]
-GEN = dict(pixel_space=True, num_queries=4, height=8, width=8, sample_size=8, block_out_channels=(16, 32),
-           attention_from_block=0, cross_attention_dim=16, attention_head_dim=8, norm_num_groups=8,
-           num_train_timesteps=100)
 
 
 @pytest.fixture(scope="module")

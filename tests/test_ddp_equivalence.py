@@ -149,7 +149,7 @@ class _Recorder(L.Callback):
 
 
 def _item_seed(x: torch.Tensor) -> int:
-    from unifashion.models.query_cache import image_key
+    from unifashion.models.frozen_cache import image_key
 
     return int.from_bytes(image_key(x)[:7], "little")
 

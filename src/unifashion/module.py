@@ -29,8 +29,8 @@ from unifashion.losses.contrastive import ItcLoss
 from unifashion.losses.matching import ItmLoss
 from unifashion.models.captioner import Captioner, CaptionerConfig
 from unifashion.models.encoder import EncoderConfig, MultimodalEncoder
+from unifashion.models.frozen_cache import FrozenOutputCache
 from unifashion.models.generator import Generator, GeneratorConfig
-from unifashion.models.query_cache import FrozenQueryCache
 from unifashion.optim import OptimizerConfig, build_optimizer
 from unifashion.phases import PhaseName, apply_freeze_policy, get_phase, resolve_loss_weights
 
@@ -72,7 +72,7 @@ class UniFashionModule(L.LightningModule):
             pretrained paths, so a checkpoint never copies a 7B LLM).
         query_cache_size: in phases that keep the encoder frozen, compute the query outputs of at
             most this many distinct training images once and read them back afterwards
-            (`models.query_cache`; exact, keyed by image content; host memory
+            (`models.frozen_cache`; exact, keyed by image content; host memory
             ``size * Q * H_q * 4`` bytes). 0 switches it off.
         on_nonfinite: a NaN/inf loss term or gradient "raise"s `callbacks.NonFiniteError` (naming the
             step and the term) or "skip"s the update (counted, logged as ``train/nonfinite_skips``).
@@ -149,7 +149,7 @@ class UniFashionModule(L.LightningModule):
                 f"query_cache_size={query_cache_size} needs a frozen encoder, but phase {phase!r} trains it "
                 "(cached query outputs would go stale); set model.query_cache_size: 0"
             )
-        self.query_cache = FrozenQueryCache(query_cache_size)
+        self.query_cache = FrozenOutputCache(query_cache_size)
         self._step_start: float | None = None
         self.train(self.training)  # frozen parts to eval now: Lightning captures these modes at fit start
 

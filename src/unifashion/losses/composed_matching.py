@@ -36,7 +36,7 @@ that mode draws from this process's B queries, and needs two target ids among th
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,18 +53,6 @@ ComposedQueries = Literal["text", "composed"]
 """What the composed ITM matches against the target: the text alone, or Z_R with the text (module docstring)."""
 
 
-class HasQueryItmLogits(Protocol):
-    """Anything whose `itm_logits` takes query embeddings in place of its learnable queries (the encoder)."""
-
-    def itm_logits(
-        self,
-        vision_embeds: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        query_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor: ...
-
-
 class ComposedItmLoss(ItmLoss):
     """ITM(t, Z_T) (eq. 10) on [pos, neg-image, neg-query] triples, labels [1, 0, 0].
 
@@ -74,7 +62,7 @@ class ComposedItmLoss(ItmLoss):
 
     def composed(
         self,
-        matcher: HasItmLogits | HasQueryItmLogits,
+        matcher: HasItmLogits,
         target_vision_embeds: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
@@ -91,7 +79,7 @@ class ComposedItmLoss(ItmLoss):
 
         Args:
             matcher: the encoder (its `itm_logits`), or that callable; "composed" passes it
-                `query_embeds=` (`HasQueryItmLogits`).
+                `query_embeds=`.
             target_vision_embeds: (B, P, Hv) vision outputs of the target images.
             input_ids, attention_mask: (B, L) the modifying texts.
             itc: the ITC(e_cls, Z_T) result of the same batch (its similarities pick the "hard" negatives).
@@ -152,7 +140,7 @@ class ComposedItmLoss(ItmLoss):
 
     def _with_composed_queries(
         self,
-        matcher: HasQueryItmLogits | Callable[..., torch.Tensor],
+        matcher: HasItmLogits | Callable[..., torch.Tensor],
         target_vision_embeds: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,

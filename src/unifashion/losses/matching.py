@@ -29,10 +29,15 @@ ItmLogitsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class HasItmLogits(Protocol):
-    """Anything with an `itm_logits` method (the `MultimodalEncoder`)."""
+    """Anything with an `itm_logits` method (the `MultimodalEncoder`); `query_embeds` (B, Q, H) replaces its
+    learnable queries (the composed ITM of phase 2, losses/composed_matching.py)."""
 
     def itm_logits(
-        self, vision_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        vision_embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        query_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
 
 

@@ -76,7 +76,7 @@ from torch import Tensor, nn
 
 from unifashion.losses.denoising import PREDICTION_TYPES, denoising_loss
 from unifashion.models.control_copy import ControlCopy
-from unifashion.models.query_cache import FrozenQueryCache
+from unifashion.models.frozen_cache import FrozenOutputCache
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class GeneratorConfig:
     """Enable gradient checkpointing in the UNet."""
     posterior_cache_size: int = 0
     """Keep the frozen VAE's posterior (mean and log-variance, (2C, h, w)) of up to this many training images,
-    keyed by image content (`models.query_cache.FrozenQueryCache`), and draw each step's latent from it
+    keyed by image content (`models.frozen_cache.FrozenOutputCache`), and draw each step's latent from it
     instead of re-encoding: the same distribution, without the encoder's forward pass after the first epoch.
     Host memory 2C*h*w*4 bytes an image (tiny demo: 8 KB; SD at 512x384: 98 KB). 0: off (encode every step)."""
     height: int = 512
@@ -445,7 +445,7 @@ class Generator(nn.Module):
 
         self.vae: AutoencoderKL | None = None
         # the frozen VAE's posteriors by image content (`encode_images(cached=True)`); off at size 0
-        self.posterior_cache = FrozenQueryCache(config.posterior_cache_size)
+        self.posterior_cache = FrozenOutputCache(config.posterior_cache_size)
         if not config.pixel_space:
             vae_src = config.vae or config.pretrained
             if vae_src is not None:

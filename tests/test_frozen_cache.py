@@ -1,4 +1,5 @@
-"""FrozenQueryCache: exact query outputs by image content, in isolation and inside a captioning fit."""
+"""FrozenOutputCache: exact query outputs by image content, in isolation and inside a captioning fit (the VAE
+posteriors: tests/test_generator.py, tests/test_generation_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from test_captioning_pipeline import captioner_config, encoder_config, write_cap
 
 from unifashion.data.fashiongen import FashionGenDataModule
 from unifashion.models.encoder import MultimodalEncoder
-from unifashion.models.query_cache import FrozenQueryCache, image_key
+from unifashion.models.frozen_cache import FrozenOutputCache, image_key
 from unifashion.module import UniFashionModule
 from unifashion.optim import OptimizerConfig
 
@@ -34,7 +35,7 @@ def test_cache_returns_the_encoder_output_and_computes_each_image_once(dirs):
     torch.manual_seed(0)
     encoder = MultimodalEncoder(encoder_config(dirs / "qtok")).eval()
     encode = CountingEncode(encoder)
-    cache = FrozenQueryCache(max_items=100)
+    cache = FrozenOutputCache(max_items=100)
     a = torch.randn(3, 3, 16, 16)
     b = torch.cat([a[1:], torch.randn(2, 3, 16, 16)])  # two seen images, two new
     with torch.no_grad():
@@ -53,13 +54,13 @@ def test_cache_returns_the_encoder_output_and_computes_each_image_once(dirs):
 def test_full_cache_still_returns_exact_outputs(dirs):
     encoder = MultimodalEncoder(encoder_config(dirs / "qtok")).eval()
     encode = CountingEncode(encoder)
-    cache = FrozenQueryCache(max_items=2)
+    cache = FrozenOutputCache(max_items=2)
     images = torch.randn(4, 3, 16, 16)
     expected = encoder.encode_image(images).query_output.detach()
     for _ in range(2):
         torch.testing.assert_close(cache(encode, images), expected)
     assert len(cache) == 2 and encode.images == 4 + 2  # the two stored ones are not recomputed
-    off = FrozenQueryCache(max_items=0)
+    off = FrozenOutputCache(max_items=0)
     torch.testing.assert_close(off(encode, images), expected)
     assert len(off) == 0
 
@@ -73,7 +74,7 @@ def test_image_key_depends_on_content_shape_and_dtype():
     y[0, 0, 0] = 1e-7
     assert image_key(x) != image_key(y)
     with pytest.raises(ValueError, match="max_items"):
-        FrozenQueryCache(-1)
+        FrozenOutputCache(-1)
 
 
 def test_cache_needs_a_frozen_encoder(dirs):

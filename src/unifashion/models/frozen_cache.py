@@ -1,14 +1,15 @@
-"""Cache of a frozen encoder's query outputs, keyed by the content of each input image.
+"""Cache of a frozen network's per-image outputs, keyed by the content of each input image.
 
-In the generative phases the Q-Former is frozen and kept in eval mode, so an image's query
-outputs Z (Q, H) never change during a run; over several epochs the encoder forward would be
-recomputed for the same images again and again. `FrozenQueryCache` computes Z once per distinct
-image and reads it back afterwards.
+In the generative phases the Q-Former and the VAE are frozen and kept in eval mode, so an image's
+query outputs Z (Q, H) and its VAE posterior (2C, h, w) never change during a run; over several epochs
+their forward passes would be recomputed for the same images again and again. `FrozenOutputCache`
+computes an output once per distinct image and reads it back afterwards (`UniFashionModule.query_cache`,
+`Generator.posterior_cache`).
 
 The key is a 128-bit BLAKE2 digest of the image tensor's bytes (plus its shape and dtype), so the
 cache needs nothing from the dataset and is exact by construction: an augmented view is another
-key (a miss, computed as usual). It must be cleared whenever the encoder's weights change
-(`UniFashionModule` clears it at the start of every fit).
+key (a miss, computed as usual). It must be cleared whenever the network's weights change
+(`UniFashionModule` clears both at the start of every fit).
 
 Memory: ``max_items * Q * H * 4`` bytes on the host (tiny demo: 10,000 x 8 x 128 x 4 B = 41 MB;
 BLIP-2 size: 32 x 768 x 4 B = 98 KB per image, so 100k images need ~9.8 GB). When full, new
@@ -32,8 +33,8 @@ def image_key(image: torch.Tensor) -> bytes:
     return digest.digest()
 
 
-class FrozenQueryCache:
-    """Query outputs of a frozen encoder by image content (see the module docstring).
+class FrozenOutputCache:
+    """Outputs of a frozen network by image content (see the module docstring).
 
     Args:
         max_items: most images stored; 0 disables the cache (every call computes).
@@ -57,14 +58,15 @@ class FrozenQueryCache:
 
     @torch.no_grad()
     def __call__(self, encode: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        """Query outputs for a batch, computing only the images not seen before.
+        """Outputs for a batch, computing only the images not seen before.
 
         Args:
-            encode: images (N, C, H, W) -> query outputs (N, Q, H_q) of the frozen encoder.
+            encode: images (N, C, H, W) -> outputs (N, ...) of the frozen network (query outputs (N, Q, H_q),
+                VAE moments (N, 2C, h, w)).
             images: (B, C, H, W).
 
         Returns:
-            (B, Q, H_q) on ``images``' device, equal to ``encode(images)``.
+            (B, ...) on ``images``' device, equal to ``encode(images)``.
         """
         if self.max_items == 0:
             return encode(images)
